@@ -1,0 +1,55 @@
+"""Checks a config before any work starts; every message names the offending key."""
+
+from jaxquant import models
+
+
+class ConfigError(ValueError):
+  pass
+
+
+def _require(ok, key, value, why):
+  if not ok:
+    raise ConfigError(f"config.{key}={value!r} is invalid: {why}")
+
+
+def validate(config):
+  """Raises ConfigError for a missing section or an impossible value."""
+  for section in ("data", "model", "loss", "train", "eval"):
+    if section not in config:
+      raise ConfigError(f"config has no section {section!r}")
+  d, t, e = config.data, config.train, config.eval
+  _require(d.source in ("synthetic", "shards"), "data.source", d.source,
+           "use 'synthetic' or 'shards'")
+  _require(d.source == "synthetic" or d.dir, "data.dir", d.dir,
+           "set the shard directory for data.source='shards'")
+  if d.source == "synthetic":
+    _require(d.synth.instruments >= 1, "data.synth.instruments", d.synth.instruments, "must be >= 1")
+    _require(d.synth.days >= 1, "data.synth.days", d.synth.days, "must be >= 1")
+    _require(d.synth.signal >= 0, "data.synth.signal", d.synth.signal, "must be >= 0")
+  _require(d.window >= 1, "data.window", d.window, "must be >= 1")
+  _require(d.horizon >= 1, "data.horizon", d.horizon, "must be >= 1")
+  _require(d.embargo >= 0, "data.embargo", d.embargo, "must be >= 0")
+  for key in ("val_fraction", "test_fraction"):
+    _require(0 < d[key] < 1, f"data.{key}", d[key], "must be in (0, 1)")
+  _require(d.val_fraction + d.test_fraction < 1, "data.test_fraction", d.test_fraction,
+           f"val_fraction + test_fraction must be < 1")
+  _require(config.model.name in models.names(), "model.name", config.model.name,
+           f"known models: {models.names()}")
+  _require(config.loss.name == "focal", "loss.name", config.loss.name, "supported: 'focal'")
+  _require(config.loss.gamma >= 0, "loss.gamma", config.loss.gamma, "must be >= 0")
+  _require(config.loss.alpha in ("inverse_frequency", "none"), "loss.alpha", config.loss.alpha,
+           "use 'inverse_frequency' or 'none'")
+  _require(t.epochs >= 1, "train.epochs", t.epochs, "must be >= 1")
+  _require(t.batch_size >= 1, "train.batch_size", t.batch_size, "must be >= 1")
+  _require(t.lr > 0, "train.lr", t.lr, "must be > 0")
+  _require(0 <= t.end_lr <= t.lr, "train.end_lr", t.end_lr, "must be in [0, train.lr]")
+  _require(t.warmup_epochs >= 0, "train.warmup_epochs", t.warmup_epochs, "must be >= 0")
+  _require(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "must be >= 0")
+  _require(t.clip_norm > 0, "train.clip_norm", t.clip_norm, "must be > 0")
+  _require(t.patience >= 1, "train.patience", t.patience, "must be >= 1")
+  _require(t.dtype in ("float32", "bfloat16"), "train.dtype", t.dtype,
+           "use 'float32' or 'bfloat16'")
+  _require(e.batch_size >= 1, "eval.batch_size", e.batch_size, "must be >= 1")
+  _require(0 <= e.min_positive_rate < 0.5, "eval.min_positive_rate", e.min_positive_rate,
+           "must be in [0, 0.5)")
+  _require(e.keep_best >= 1, "eval.keep_best", e.keep_best, "must be >= 1")

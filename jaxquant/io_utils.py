@@ -1,0 +1,129 @@
+"""Atomic file-writing helpers.
+
+Every writer goes through a temp file in the target's directory followed by
+``os.replace``: a reader (or a crash) can observe either the old file or the
+complete new one, never a half-written file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any
+
+__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "append_jsonl"]
+
+
+def _read_umask() -> int:
+    # os.umask can only be read by setting it; do it once, at import time.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+def _fsync_dir(directory: str) -> None:
+    """Make the rename durable. Some platforms/filesystems refuse this; ignore."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Atomically replace ``path`` with ``data``.
+
+    Args:
+      path: target file; parent directories are created if missing.
+      data: the complete new content.
+
+    On any exception the temp file is removed and the exception re-raised;
+    the target is left untouched.
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    name = os.path.basename(path)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + name + ".", suffix=".tmp")
+    try:
+        # mkstemp creates 0600 files; give the result the mode a plain open()
+        # would (or keep the mode of the file being replaced).
+        try:
+            mode = os.stat(path).st_mode & 0o7777
+        except OSError:
+            mode = 0o666 & ~_UMASK
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(directory)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Atomically replace ``path`` with ``text`` encoded as UTF-8.
+
+    Args:
+      path: target file; parent directories are created if missing.
+      text: the complete new content.
+    """
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _json_default(obj: Any) -> Any:
+    """Convert numpy scalars/arrays (and other array-likes) for ``json``."""
+    if hasattr(obj, "tolist"):  # numpy arrays and numpy scalars
+        return obj.tolist()
+    if hasattr(obj, "__float__"):
+        return float(obj)
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Atomically write ``obj`` as indented JSON (numpy values converted).
+
+    Args:
+      path: target file.
+      obj: JSON-serialisable object; numpy scalars/arrays are allowed.
+    """
+    text = json.dumps(obj, indent=2, sort_keys=False, default=_json_default)
+    atomic_write_text(path, text + "\n")
+
+
+def append_jsonl(path: str | os.PathLike, obj: Any) -> None:
+    """Append ``obj`` as one JSON line to ``path``, atomically.
+
+    The file is read and rewritten whole (these logs are small), so a crash
+    never leaves a partial last line.
+
+    Args:
+      path: JSONL file; created if missing.
+      obj: JSON-serialisable object; numpy values are allowed.
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            old = f.read()
+    except FileNotFoundError:
+        old = ""
+    if old and not old.endswith("\n"):
+        old += "\n"
+    line = json.dumps(obj, default=_json_default)
+    atomic_write_text(path, old + line + "\n")

@@ -1,0 +1,85 @@
+"""Entry point: python -m jaxquant.main --config=configs/gru.py:quick [--mode=train|eval].
+
+Flags → config → train.train_and_evaluate or evaluate.evaluate. Bad flags or
+config values stop the run before any work, with one line naming the key.
+"""
+
+import datetime
+import os
+import sys
+
+from absl import app
+from absl import logging
+from absl import flags
+import ml_collections
+from ml_collections import config_flags
+
+from jaxquant import config_check
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    "config", None, "Config file, e.g. configs/gru.py or configs/gru.py:quick; override "
+    "fields with --config.train.epochs=3.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Run directory (default runs/<config name>-<timestamp>).")
+flags.DEFINE_enum("mode", "train", ["train", "eval"],
+                  "train (then evaluate the best checkpoint) or eval (restore and evaluate).")
+flags.DEFINE_integer("step", None, "--mode=eval: checkpoint step (default: best by val F1).")
+
+
+def parse_flags(argv):
+  """absl flag parsing that turns config-override errors into one clear line."""
+  try:
+    return FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+    msg = str(e)
+    if "Traceback" in msg:  # An exception inside get_config(): keep its last line.
+      msg = msg.strip().splitlines()[-1]
+    msg = msg.replace("\\'", "'").replace("\\n", " ").replace("\n", " ").strip()
+    if msg[:1] == msg[-1:] and msg[:1] in "'\"":
+      msg = msg[1:-1]
+    if isinstance(e, (AttributeError, KeyError)):
+      key = msg.split("'")[1] if msg.count("'") >= 2 else msg
+      given = [a for a in argv[1:] if a.startswith("--config.") and key in a.split("=")[0]]
+      where = given[0].split("=")[0] if given else "--config.*"
+      msg = f"unknown config key {key!r} in {where}. {msg.split(chr(39) + ' ', 1)[-1]}"
+    sys.exit(f"error: bad flag: {msg}")
+
+
+def _config_or_exit():
+  config = FLAGS.config
+  if not isinstance(config, ml_collections.ConfigDict):
+    # config_flags yields a placeholder object for a missing/unloadable file.
+    given = [a for a in sys.argv if a.startswith("--config=")]
+    sys.exit(f"error: could not load {given[0] if given else '--config'} "
+             "(expected a Python file with get_config(), e.g. --config=configs/gru.py:quick)")
+  return config
+
+
+def main(argv):
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
+  if len(argv) > 1:
+    sys.exit(f"error: unexpected arguments {argv[1:]}")
+  try:
+    if FLAGS.mode == "eval":
+      if not FLAGS.workdir:
+        sys.exit("error: --mode=eval needs --workdir=<run directory>")
+      from jaxquant import evaluate
+      config = evaluate.load_config(FLAGS.workdir)
+      if FLAGS.config is not None:
+        config = _config_or_exit()
+      config_check.validate(config)
+      evaluate.evaluate(FLAGS.workdir, config=config, step=FLAGS.step)
+      return
+    config = _config_or_exit()
+    config_check.validate(config)
+    workdir = FLAGS.workdir or os.path.join(
+        "runs", f"{config.name}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+    print(f"Workdir: {workdir}", flush=True)
+    from jaxquant import train
+    train.train_and_evaluate(config, workdir)
+  except (config_check.ConfigError, ValueError) as e:
+    sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=parse_flags)

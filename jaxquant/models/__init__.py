@@ -1,0 +1,52 @@
+"""Model registry: `config.model.name` → a Flax module.
+
+Every model maps `x: [B, T, F]` (float) with `train: bool` to a dict:
+  logits [B, num_classes] float32, ret [B] float32 (forward-return head),
+  aux_loss scalar (0 unless the model has one, e.g. MoE load balancing),
+  and optionally stats: a dict of arrays to log (e.g. expert load).
+Dropout draws from the "dropout" RNG stream.
+"""
+
+import jax.numpy as jnp
+
+from jaxquant.models import rnn
+
+# name → (module class, fixed keyword arguments).
+_REGISTRY = {
+    "gru": (rnn.RNNClassifier, {"cell": "gru"}),
+    "lstm": (rnn.RNNClassifier, {"cell": "lstm"}),
+}
+
+
+def register(name, module_cls, **fixed):
+  """Adds a model to the registry (used by the model modules below)."""
+  _REGISTRY[name] = (module_cls, fixed)
+
+
+def names():
+  return sorted(_REGISTRY)
+
+
+def build_model(model_config, num_classes, dtype=jnp.float32):
+  """Builds the Flax module named by `model_config.name`.
+
+  Args:
+    model_config: ConfigDict with `name` and the module's attributes.
+    num_classes: size of the classification head.
+    dtype: compute dtype (parameters stay float32).
+
+  Returns:
+    An unbound `flax.linen.Module`.
+  """
+  kwargs = dict(model_config)
+  name = kwargs.pop("name")
+  if name not in _REGISTRY:
+    raise ValueError(f"config.model.name={name!r} is not a known model; "
+                     f"choose one of {names()}")
+  module_cls, fixed = _REGISTRY[name]
+  fields = set(module_cls.__dataclass_fields__)
+  unknown = sorted(set(kwargs) - fields)
+  if unknown:
+    raise ValueError(f"config.model.{unknown[0]} is not a setting of model {name!r}; "
+                     f"its settings are {sorted(fields - {'parent', 'name'})}")
+  return module_cls(**fixed, **kwargs, num_classes=num_classes, dtype=dtype)
