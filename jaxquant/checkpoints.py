@@ -13,6 +13,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
 COLLAPSED_SCORE = -1.0  # Below any real F1, so a collapsed model is never "best".
+PREEMPTED_SCORE = -2.0  # A mid-epoch save (SIGTERM) has no validation: never "best".
 
 
 def _score(metrics):
@@ -60,6 +61,16 @@ class CheckpointStore:
     restored = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
     return restored["state"], restored["meta"]
+
+  def restore_partial(self, step, abstract_subtree):
+    """Restores only the entries of the saved state named in `abstract_subtree`
+    (e.g. params and batch_stats, without the optimizer state)."""
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(
+            item=abstract_subtree,
+            restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_subtree),
+            partial_restore=True)))
+    return restored["state"]
 
   def close(self):
     self._manager.close()

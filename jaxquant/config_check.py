@@ -1,6 +1,12 @@
 """Checks a config before any work starts; every message names the offending key."""
 
+import numpy as np
+
+from jaxquant import losses
 from jaxquant import models
+from jaxquant.data import dataset
+from jaxquant.data import labels
+from jaxquant.data import sampling
 
 
 class ConfigError(ValueError):
@@ -27,6 +33,20 @@ def validate(config):
     _require(d.synth.days >= 1, "data.synth.days", d.synth.days, "must be >= 1")
     _require(d.synth.signal >= 0, "data.synth.signal", d.synth.signal, "must be >= 0")
   _require(d.window >= 1, "data.window", d.window, "must be >= 1")
+  try:  # Checks the label keys on a dummy bar, before any data is read.
+    labels.make_labels(dataset.label_config(d), np.ones((2, 6)))
+  except ValueError as e:
+    raise ConfigError(str(e).replace("config.data.kind", "config.data.label_kind")) from None
+  _require(d.sampler in sampling.SAMPLERS, "data.sampler", d.sampler,
+           f"use one of {sampling.SAMPLERS}")
+  _require(d.sampler != "stratified" or 0 < d.positives_per_batch < config.train.batch_size,
+           "data.positives_per_batch", d.positives_per_batch,
+           f"must be in [1, train.batch_size - 1] for the stratified sampler")
+  _require(d.undersample_ratio > 0, "data.undersample_ratio", d.undersample_ratio, "must be > 0")
+  _require(0 < d.oversample_fraction < 1, "data.oversample_fraction", d.oversample_fraction,
+           "must be in (0, 1)")
+  _require(d.oversample_jitter >= 0, "data.oversample_jitter", d.oversample_jitter,
+           "must be >= 0")
   _require(d.horizon >= 1, "data.horizon", d.horizon, "must be >= 1")
   _require(d.embargo >= 0, "data.embargo", d.embargo, "must be >= 0")
   for key in ("val_fraction", "test_fraction"):
@@ -35,10 +55,20 @@ def validate(config):
            f"val_fraction + test_fraction must be < 1")
   _require(config.model.name in models.names(), "model.name", config.model.name,
            f"known models: {models.names()}")
-  _require(config.loss.name == "focal", "loss.name", config.loss.name, "supported: 'focal'")
-  _require(config.loss.gamma >= 0, "loss.gamma", config.loss.gamma, "must be >= 0")
-  _require(config.loss.alpha in ("inverse_frequency", "none"), "loss.alpha", config.loss.alpha,
-           "use 'inverse_frequency' or 'none'")
+  try:
+    losses.validate_loss_config(config.loss, 2)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  _require(t.mixup_alpha > 0, "train.mixup_alpha", t.mixup_alpha, "must be > 0")
+  _require(0 <= t.mixup_prob <= 1, "train.mixup_prob", t.mixup_prob, "must be in [0, 1]")
+  _require(t.max_bad_steps >= 1, "train.max_bad_steps", t.max_bad_steps, "must be >= 1")
+  _require(config.eval.collapse_patience >= 1, "eval.collapse_patience",
+           config.eval.collapse_patience, "must be >= 1")
+  _require(config.eval.bootstrap >= 0, "eval.bootstrap", config.eval.bootstrap, "must be >= 0")
+  _require(t.trainable in ("all", "heads"), "train.trainable", t.trainable,
+           "use 'all' or 'heads'")
+  _require(t.trainable == "all" or t.init_from, "train.init_from", t.init_from,
+           "train.trainable='heads' fine-tunes a trained model: set train.init_from to its run directory")
   _require(t.epochs >= 1, "train.epochs", t.epochs, "must be >= 1")
   _require(t.batch_size >= 1, "train.batch_size", t.batch_size, "must be >= 1")
   _require(t.lr > 0, "train.lr", t.lr, "must be > 0")

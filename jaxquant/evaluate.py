@@ -1,22 +1,22 @@
-"""Restore a checkpoint and evaluate it: report.json, a printed summary, curves.
+"""Restore a checkpoint and evaluate it: report.json, report.md, pictures, predictions.
 
 The decision threshold is the one chosen on validation and saved with the
-checkpoint; the test split only ever has it applied.
+checkpoint; the test split only ever has it applied. Restoring works on any
+device count: the mesh comes from the machine that evaluates.
 """
 
 import json
 import os
 
 import jax
-import matplotlib
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import ml_collections
 import numpy as np
 
 from jaxquant import checkpoints as checkpoints_lib
 from jaxquant import io_utils
 from jaxquant import metrics as metrics_lib
+from jaxquant import parallel
+from jaxquant import report as report_lib
 from jaxquant import train as train_lib
 from jaxquant.data import dataset as dataset_lib
 
@@ -29,69 +29,169 @@ def load_config(workdir):
     return ml_collections.ConfigDict(json.load(f))
 
 
+def restore(workdir, config, step=None):
+  """Restores a run's checkpoint onto this machine's devices.
+
+  Args:
+    workdir: run directory.
+    config: the run's config.
+    step: checkpoint step; None = the best by validation F1.
+
+  Returns:
+    (runner, state, meta, step, all_collapsed) — all_collapsed is True when even
+    the best checkpoint is a collapsed model.
+  """
+  store = checkpoints_lib.CheckpointStore(os.path.join(workdir, "checkpoints"))
+  try:
+    if store.latest_step() is None:
+      raise ValueError(f"{workdir}/checkpoints holds no checkpoint to evaluate")
+    if step is None:
+      step = store.best_step()
+    elif step not in store.all_steps():
+      raise ValueError(f"--step={step} is not a kept checkpoint; kept: {store.all_steps()}")
+    meta = store.restore_meta(step)
+    if "normalizer" not in meta:
+      raise ValueError(f"checkpoint {step} was saved mid-epoch (preempted) and has no "
+                       "validation; resume training first or pick another --step")
+    model = train_lib.build_model(config, len(meta["class_weights"]))
+    tx, _ = train_lib.make_optimizer(config.train, 1, train_lib.trainable_fn(config.train))
+    window = config.data.window
+    num_features = len(meta["normalizer"]["mean"])
+    abstract = train_lib.create_train_state(model, tx, num_features, window,
+                                            config.train.seed, abstract=True)
+    runner = train_lib.Runner(model, parallel.make_mesh(config.mesh), abstract)
+    abstract = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
+                            abstract, runner.state_sharding)
+    state, meta = store.restore(step, abstract)
+  finally:
+    store.close()
+  return runner, state, meta, int(step), bool(meta["val"]["collapsed"])
+
+
+def _split_results(labels, probs, fwd, threshold, config, block):
+  """Metrics of the signal class (the last) at the validation threshold, the trading
+  sweep, bootstrap intervals, and per-class figures when there are three classes."""
+  signal = probs.shape[1] - 1
+  multiclass = (report_lib.multiclass_report(labels, probs.argmax(1), probs.shape[1])
+                if probs.shape[1] > 2 else None)
+  labels, scores = (labels == signal).astype(np.int64), probs[:, signal]
+  r = metrics_lib.summarize(labels, scores, threshold)
+  if multiclass:
+    r["multiclass"] = multiclass
+  collapsed, reason = metrics_lib.is_collapsed(scores, threshold, config.eval.min_positive_rate)
+  r["collapsed"], r["collapse_reason"] = bool(collapsed), reason if collapsed else ""
+  r["sweep"] = report_lib.trading_sweep(labels, scores, fwd)
+  r["at_threshold"] = report_lib.trading_sweep(labels, scores, fwd, [threshold])[0]
+  if config.eval.bootstrap > 0:
+    r["bootstrap"] = report_lib.bootstrap_metrics(labels, scores, threshold, block=block,
+                                                  n_boot=config.eval.bootstrap,
+                                                  seed=config.train.seed)
+  return r
+
+
 def evaluate(workdir, config=None, step=None, stop_reason=None, train_seconds=None):
   """Evaluates the best checkpoint (or `step`) of a run on validation and test.
 
-  Args:
-    workdir: the run directory (holds config.json and checkpoints/).
-    config: the run's config; read from workdir/config.json when None.
-    step: checkpoint step to evaluate; None = best by validation F1.
-    stop_reason, train_seconds: recorded in the report when called after training.
+  With `config.eval.data_dir` set, "test" is every window of that other data
+  (another instrument or period), through the run's own normalisation.
 
   Returns:
-    The report dict, also written atomically to workdir/report.json.
+    The report dict, also written atomically to workdir/report.json (+ report.md).
   """
   config = config or load_config(workdir)
-  store = checkpoints_lib.CheckpointStore(os.path.join(workdir, "checkpoints"))
-  if store.latest_step() is None:
-    raise ValueError(f"{workdir}/checkpoints holds no checkpoint to evaluate")
-  all_collapsed = False
-  if step is None:
-    step = store.best_step()
-    meta = store.restore_meta(step)
-    all_collapsed = meta["val"]["collapsed"]
-  elif step not in store.all_steps():
-    raise ValueError(f"--step={step} is not a kept checkpoint; kept: {store.all_steps()}")
-  meta = store.restore_meta(step)
-
+  runner, state, meta, step, all_collapsed = restore(workdir, config, step)
+  threshold = meta["threshold"]
+  eval_bs = train_lib.eval_batch_size(config, runner.mesh)
   data_dir = dataset_lib.ensure_data(config.data)
   ds = dataset_lib.build_dataset(config.data, data_dir, normalizer=meta["normalizer"])
-  model = train_lib.build_model(config, ds.num_classes)
-  tx, _ = train_lib.make_optimizer(config.train, 1)
-  abstract = jax.eval_shape(lambda: train_lib.create_train_state(
-      model, tx, ds.num_features, ds.window, config.train.seed))
-  state, meta = store.restore(step, abstract)
-  store.close()
-  predict_fn = train_lib.make_predict_step(model)
-  threshold = meta["threshold"]
+  sets = {"val": (ds, "val"), "test": (ds, "test")}
+  if config.eval.data_dir:
+    other = dataset_lib.build_inference_set(config.data, config.eval.data_dir,
+                                            meta["normalizer"], labelled_only=True)
+    sets["test"] = (other, "all")
+  block = config.data.window + config.data.horizon  # Windows this far apart don't overlap.
 
-  results = {}
-  for split in ("val", "test"):
-    probs, _ = train_lib.predict_split(predict_fn, state, ds, split, config.eval.batch_size)
-    labels = ds.splits[split].labels
-    r = metrics_lib.summarize(labels, probs[:, 1], threshold)
-    collapsed, reason = metrics_lib.is_collapsed(probs[:, 1], threshold,
-                                                 config.eval.min_positive_rate)
-    r["collapsed"], r["collapse_reason"] = bool(collapsed), reason if collapsed else ""
-    results[split] = r
-    if split == "test":
-      _plot_curves(labels, probs[:, 1], workdir)
-
+  lead = jax.process_index() == 0
+  results, arrays = {}, {}
+  for name, (d, split) in sets.items():
+    probs, _ = runner.predict_split(state, d, split, eval_bs)
+    s = d.splits[split]
+    arrays[name] = ((s.labels == s.signal_class).astype(np.int64), probs[:, -1])
+    results[name] = _split_results(s.labels, probs, s.fwd_returns, threshold, config, block)
   report = {
       "config_name": config.name,
       "workdir": os.path.abspath(workdir),
       "data": {"dir": data_dir, **ds.summary()},
-      "best_step": int(step), "best_epoch": int(meta["epoch"]) + 1,
-      "threshold": threshold,
-      "threshold_chosen_on": "val",
-      "all_checkpoints_collapsed": bool(all_collapsed),
-      "stop_reason": stop_reason,
-      "train_seconds": train_seconds,
+      "eval_data_dir": config.eval.data_dir or None,
+      "best_step": step, "best_epoch": int(meta["epoch"]) + 1,
+      "threshold": threshold, "threshold_chosen_on": "val",
+      "all_checkpoints_collapsed": all_collapsed,
+      "stop_reason": stop_reason, "train_seconds": train_seconds,
+      "parameters": meta.get("parameters"),
       "val": results["val"], "test": results["test"],
   }
-  io_utils.atomic_write_json(os.path.join(workdir, "report.json"), report)
-  print(format_summary(report), flush=True)
+  if config.eval.data_dir:
+    report["test_data"] = sets["test"][0].summary()
+  if lead:
+    _pictures(workdir, arrays, results, threshold)
+    io_utils.atomic_write_json(os.path.join(workdir, "report.json"), report)
+    report_lib.write_report_md(report, workdir)
+    print(format_summary(report), flush=True)
   return report
+
+
+def _pictures(workdir, arrays, results, threshold):
+  path = lambda name: os.path.join(workdir, name)
+  for split, (labels, scores) in arrays.items():
+    if labels.min() != labels.max():
+      report_lib.plot_roc_pr(labels, scores, path(f"{split}_roc_pr.png"), split=split)
+    report_lib.plot_calibration(labels, scores, path(f"{split}_calibration.png"), split=split)
+  report_lib.plot_confusion(results["test"]["confusion"], path("test_confusion.png"),
+                            class_names=["no signal", "signal"], title="Test confusion")
+  report_lib.plot_threshold_sweep(results["val"]["sweep"], results["test"]["sweep"],
+                                  path("threshold_sweep.png"), chosen_threshold=threshold)
+
+
+def plot_history(history, workdir):
+  """training_curves.png from the per-epoch records of metrics.jsonl."""
+  if history:
+    report_lib.plot_history(history, os.path.join(workdir, "training_curves.png"))
+
+
+def predict(workdir, config=None, step=None, data_dir=None, out=None):
+  """Writes per-window probabilities for new data (every window of `data_dir`).
+
+  Outputs `out` (default workdir/predictions.npz) and a .csv twin with columns
+  instrument, timestamp, probability, predicted class (at the saved threshold),
+  label and forward return (NaN / -1 where the future is not known yet).
+  """
+  config = config or load_config(workdir)
+  runner, state, meta, step, _ = restore(workdir, config, step)
+  data_dir = data_dir or config.eval.data_dir or dataset_lib.ensure_data(config.data)
+  d = dataset_lib.build_inference_set(config.data, data_dir, meta["normalizer"])
+  probs, rets = runner.predict_split(state, d, "all", train_lib.eval_batch_size(config, runner.mesh))
+  s = d.splits["all"]
+  threshold = meta["threshold"]
+  out = out or os.path.join(workdir, "predictions.npz")
+  arrays = {"instrument": np.asarray(d.instruments)[s.instrument], "timestamp": s.timestamps,
+            "probability": probs[:, -1],
+            "predicted_class": (probs[:, -1] >= threshold).astype(np.int32),
+            "label": s.labels, "forward_return": s.fwd_returns}
+  if jax.process_index() == 0:
+    import io
+    buf = io.BytesIO()
+    np.savez_compressed(buf, threshold=threshold, **arrays)
+    io_utils.atomic_write_bytes(out, buf.getvalue())
+    lines = ["instrument,timestamp,probability,predicted_class,label,forward_return"]
+    for i in range(len(s)):
+      ts = np.datetime64(int(arrays["timestamp"][i]), "ns").astype("datetime64[s]")
+      lines.append(f"{arrays['instrument'][i]},{ts},{arrays['probability'][i]:.6f},"
+                   f"{arrays['predicted_class'][i]},{arrays['label'][i]},"
+                   f"{arrays['forward_return'][i]:.6g}")
+    io_utils.atomic_write_text(os.path.splitext(out)[0] + ".csv", "\n".join(lines) + "\n")
+    print(f"Wrote {len(s):,} predictions (threshold {threshold:.4f}, checkpoint step {step}) "
+          f"to {out} and {os.path.splitext(out)[0]}.csv", flush=True)
+  return arrays
 
 
 def format_summary(report):
@@ -101,68 +201,30 @@ def format_summary(report):
   if report["all_checkpoints_collapsed"]:
     lines.append("!! Every epoch's model collapsed to one class: there is no usable model. "
                  "The numbers below are the least-bad checkpoint's.")
+  if report.get("stop_reason"):
+    lines.append(f"   stopped: {report['stop_reason']}")
   for name, s in report["data"]["splits"].items():
     lines.append(f"   {name:5s} {s['windows']:7,d} windows, {s['positive_rate']:.2%} positive, "
                  f"{s['start']} .. {s['end']}")
-  lines.append(f"   {'split':5s} {'ROC-AUC':>8s} {'PR-AUC':>7s} {'prior':>6s} {'F1':>6s} "
-               f"{'F1 all+':>7s} {'prec':>6s} {'recall':>6s} {'acc':>6s} {'acc base':>8s}")
+  if report.get("eval_data_dir"):
+    lines.append(f"   test = every window of {report['eval_data_dir']}")
+  lines.append(f"   {'split':5s} {'ROC-AUC':>8s} {'95% CI':>13s} {'PR-AUC':>7s} {'prior':>6s} "
+               f"{'F1':>6s} {'F1 all+':>7s} {'prec':>6s} {'recall':>6s} {'acc':>6s} {'acc base':>8s}")
   for split in ("val", "test"):
     r = report[split]
-    lines.append(f"   {split:5s} {r['roc_auc']:8.3f} {r['pr_auc']:7.3f} {r['prior']:6.3f} "
+    ci = r.get("bootstrap", {}).get("roc_auc")
+    ci = f"[{ci['lo']:.3f}, {ci['hi']:.3f}]" if ci else ""
+    lines.append(f"   {split:5s} {r['roc_auc']:8.3f} {ci:>13s} {r['pr_auc']:7.3f} {r['prior']:6.3f} "
                  f"{r['f1']:6.3f} {r['f1_baseline']:7.3f} {r['precision']:6.3f} "
                  f"{r['recall']:6.3f} {r['accuracy']:6.3f} {r['accuracy_baseline']:8.3f}")
     if r["collapsed"]:
       lines.append(f"   !! {split}: collapsed — {r['collapse_reason']}")
   (tn, fp), (fn, tp) = report["test"]["confusion"]
   lines.append(f"   test confusion: TN {tn}  FP {fp}  FN {fn}  TP {tp}")
-  lines.append(f"   report: {os.path.join(report['workdir'], 'report.json')}")
+  a = report["test"]["at_threshold"]
+  if a["signals"]:
+    lines.append(f"   test signals: {a['signals']:,} ({a['signal_share']:.1%} of windows), win rate "
+                 f"{a['precision']:.1%}, mean forward return {a['mean_return']:+.4%}, "
+                 f"profit/loss ratio {a['profit_loss_ratio']:.2f}")
+  lines.append(f"   report: {os.path.join(report['workdir'], 'report.md')}")
   return "\n".join(lines)
-
-
-def _save_figure(fig, path):
-  """Renders to memory, then writes atomically (a crash never leaves a torn PNG)."""
-  import io
-  buf = io.BytesIO()
-  fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-  plt.close(fig)
-  io_utils.atomic_write_bytes(path, buf.getvalue())
-
-
-def plot_history(history, workdir):
-  """training_curves.png: train/val loss and val F1 / ROC-AUC per epoch, with baselines."""
-  if not history:
-    return
-  ep = [h["epoch"] for h in history]
-  fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
-  a1.plot(ep, [h["train_loss"] for h in history], "o-", label="train")
-  a1.plot(ep, [h["val_loss"] for h in history], "o-", label="validation")
-  a1.set(xlabel="epoch", ylabel="loss", title="Loss")
-  a1.legend()
-  a2.plot(ep, [h["val_f1"] for h in history], "o-", label="val F1 (best threshold)")
-  a2.plot(ep, [h["val_f1_baseline"] for h in history], "--", label="F1 of always-positive")
-  a2.plot(ep, [h["val_roc_auc"] for h in history], "s-", label="val ROC-AUC")
-  a2.axhline(0.5, color="grey", lw=0.8, ls=":", label="ROC-AUC of chance")
-  for h in history:
-    if h["val_collapsed"]:
-      a2.axvline(h["epoch"], color="red", alpha=0.3)
-  a2.set(xlabel="epoch", title="Validation (red: collapsed epochs)")
-  a2.legend(fontsize=8)
-  _save_figure(fig, os.path.join(workdir, "training_curves.png"))
-
-
-def _plot_curves(labels, scores, workdir):
-  """test_roc_pr.png: ROC and precision-recall curves on test, with the chance/prior lines."""
-  if labels.min() == labels.max():
-    return
-  fpr, tpr, _ = metrics_lib.roc_curve(labels, scores)
-  prec, rec, _ = metrics_lib.pr_curve(labels, scores)
-  fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
-  a1.plot(fpr, tpr, label=f"ROC-AUC {metrics_lib.roc_auc(labels, scores):.3f}")
-  a1.plot([0, 1], [0, 1], "--", color="grey", label="chance")
-  a1.set(xlabel="false positive rate", ylabel="true positive rate", title="Test ROC")
-  a1.legend()
-  a2.plot(rec, prec, label=f"PR-AUC {metrics_lib.pr_auc(labels, scores):.3f}")
-  a2.axhline(labels.mean(), ls="--", color="grey", label=f"prior {labels.mean():.3f}")
-  a2.set(xlabel="recall", ylabel="precision", title="Test precision-recall")
-  a2.legend()
-  _save_figure(fig, os.path.join(workdir, "test_roc_pr.png"))

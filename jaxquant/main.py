@@ -15,14 +15,19 @@ import ml_collections
 from ml_collections import config_flags
 
 from jaxquant import config_check
+from jaxquant import parallel
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/gru.py or configs/gru.py:quick; override "
     "fields with --config.train.epochs=3.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory (default runs/<config name>-<timestamp>).")
-flags.DEFINE_enum("mode", "train", ["train", "eval"],
-                  "train (then evaluate the best checkpoint) or eval (restore and evaluate).")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "predict"],
+                  "train (then evaluate the best checkpoint), eval (restore and evaluate) or "
+                  "predict (per-window probabilities for --data_dir).")
+flags.DEFINE_string("data_dir", None, "--mode=predict: shards to predict on (default: the "
+                    "run's eval.data_dir, else its own data).")
+flags.DEFINE_string("out", None, "--mode=predict: output .npz (a .csv twin is written too).")
 flags.DEFINE_integer("step", None, "--mode=eval: checkpoint step (default: best by val F1).")
 
 
@@ -55,28 +60,58 @@ def _config_or_exit():
   return config
 
 
+def _override(config, key, value):
+  """Applies one --config.a.b=value to a config read back from config.json."""
+  *parents, leaf = key.split(".")
+  node = config
+  for p in parents:
+    if p not in node:
+      sys.exit(f"error: unknown config key {key!r}")
+    node = node[p]
+  if leaf not in node:
+    sys.exit(f"error: unknown config key {key!r}")
+  old = node[leaf]
+  try:
+    node[leaf] = type(old)(value) if not isinstance(old, bool) else value.lower() in ("1", "true")
+  except ValueError:
+    sys.exit(f"error: config.{key}={value!r} is invalid: expected a {type(old).__name__}")
+
+
 def main(argv):
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
+  parallel.initialize_distributed()
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments {argv[1:]}")
   try:
-    if FLAGS.mode == "eval":
+    if FLAGS.mode in ("eval", "predict"):
       if not FLAGS.workdir:
-        sys.exit("error: --mode=eval needs --workdir=<run directory>")
+        sys.exit(f"error: --mode={FLAGS.mode} needs --workdir=<run directory>")
       from jaxquant import evaluate
       config = evaluate.load_config(FLAGS.workdir)
-      if FLAGS.config is not None:
-        config = _config_or_exit()
+      config.unlock()
+      # --config.x=y overrides after --mode=eval apply to the saved config.
+      for arg in sys.argv[1:]:
+        if arg.startswith("--config.") and "=" in arg:
+          key, value = arg[len("--config."):].split("=", 1)
+          _override(config, key, value)
+      config.lock()
       config_check.validate(config)
-      evaluate.evaluate(FLAGS.workdir, config=config, step=FLAGS.step)
+      if FLAGS.mode == "eval":
+        evaluate.evaluate(FLAGS.workdir, config=config, step=FLAGS.step)
+      else:
+        evaluate.predict(FLAGS.workdir, config=config, step=FLAGS.step,
+                         data_dir=FLAGS.data_dir, out=FLAGS.out)
       return
     config = _config_or_exit()
     config_check.validate(config)
-    workdir = FLAGS.workdir or os.path.join(
-        "runs", f"{config.name}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+    stamp = os.environ.get("JAXQUANT_RUN_STAMP") or f"{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    workdir = FLAGS.workdir or os.path.join("runs", f"{config.name}-{stamp}")
     print(f"Workdir: {workdir}", flush=True)
     from jaxquant import train
-    train.train_and_evaluate(config, workdir)
+    try:
+      train.train_and_evaluate(config, workdir)
+    except train.Preempted:
+      return  # The checkpoint is saved and the message printed: exit 0.
   except (config_check.ConfigError, ValueError) as e:
     sys.exit(f"error: {e}")
 

@@ -1,11 +1,11 @@
-"""Train state, optimizer, the jitted train/eval steps and the training loop."""
+"""Train state, optimizer, the jitted train/predict steps and the training loop."""
 
 import json
 import os
+import signal
 import time
 from typing import Any
 
-import flax
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -17,11 +17,16 @@ from jaxquant import checkpoints as checkpoints_lib
 from jaxquant import io_utils
 from jaxquant import losses
 from jaxquant import metrics as metrics_lib
+from jaxquant import mixup as mixup_lib
 from jaxquant import models
+from jaxquant import parallel
+from jaxquant import report as report_lib
+from jaxquant import tb as tb_lib
 from jaxquant.data import dataset as dataset_lib
 from jaxquant.data import loader
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+_STEP_KEYS = ("loss", "class_loss", "return_loss", "grad_norm", "lr", "skipped", "mixup")
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -36,8 +41,14 @@ def build_model(config, num_classes):
   return models.build_model(config.model, num_classes, _DTYPES[config.train.dtype])
 
 
-def make_optimizer(train_config, steps_per_epoch):
+def make_optimizer(train_config, steps_per_epoch, trainable=None):
   """clip by global norm → AdamW on a warmup + cosine schedule (decay masked to kernels).
+
+  Args:
+    train_config: config.train.
+    steps_per_epoch: optimizer steps per epoch (sets warmup and decay lengths).
+    trainable: None (train everything) or a function params → pytree of bools;
+      frozen parameters get `optax.set_to_zero` — no update and no optimizer state.
 
   Returns:
     (optax transformation, learning-rate schedule).
@@ -50,7 +61,26 @@ def make_optimizer(train_config, steps_per_epoch):
   tx = optax.chain(
       optax.clip_by_global_norm(train_config.clip_norm),
       optax.adamw(schedule, weight_decay=train_config.weight_decay, mask=decay_mask))
+  if trainable is not None:
+    tx = optax.multi_transform(
+        {"train": tx, "freeze": optax.set_to_zero()},
+        lambda params: jax.tree.map(lambda t: "train" if t else "freeze", trainable(params)))
   return tx, schedule
+
+
+def trainable_fn(train_config):
+  """The `trainable` argument of make_optimizer for `train.trainable`.
+
+  "all" trains every parameter; "heads" (PEFT) trains only the output heads
+  (the top-level "head" module every model has) and freezes the rest.
+  """
+  if train_config.trainable == "all":
+    return None
+  if train_config.trainable == "heads":
+    def heads_only(params):
+      return {k: jax.tree.map(lambda _, k=k: k == "head", v) for k, v in params.items()}
+    return heads_only
+  raise ValueError(f"config.train.trainable={train_config.trainable!r}: use 'all' or 'heads'")
 
 
 def decay_mask(params):
@@ -62,196 +92,434 @@ def decay_mask(params):
   return jax.tree_util.tree_map_with_path(wants_decay, params)
 
 
-def init_variables(model, num_features, window, seed):
-  x = jnp.zeros((1, window, num_features), jnp.float32)
-  variables = model.init({"params": jax.random.key(seed), "dropout": jax.random.key(seed)},
-                         x, train=False)
-  return variables["params"], variables.get("batch_stats", {})
+def create_train_state(model, tx, num_features, window, seed, abstract=False):
+  """Initial parameters (from `seed`), batch statistics and optimizer state.
 
-
-def create_train_state(model, tx, num_features, window, seed):
-  params, batch_stats = init_variables(model, num_features, window, seed)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    batch_stats=batch_stats, opt_state=tx.init(params))
-
-
-def make_train_step(model, tx, loss_fn, schedule):
-  """Returns the jitted `train_step(state, batch, rng) -> (state, metrics)`.
-
-  A step whose loss or gradient is not finite leaves the state unchanged and
-  reports `skipped=1`; the loop stops the run after too many in a row.
+  Args:
+    abstract: return only shapes and dtypes (jax.ShapeDtypeStruct leaves).
   """
+  x = jnp.zeros((1, window, num_features), jnp.float32)
+
+  def init(key):
+    variables = model.init({"params": key, "dropout": key}, x, train=False)
+    params = variables["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params))
+
+  if abstract:
+    return jax.eval_shape(init, jax.random.key(seed))
+  # Run once, so compile it without optimisation: XLA:CPU spends tens of seconds
+  # optimising the random initialisers of a ResNet, 4x the unoptimised run.
+  return jax.jit(init, compiler_options={"xla_backend_optimization_level": 0})(
+      jax.random.key(seed))
+
+
+def parameter_counts(params, trainable=None):
+  """{"total": ..., "trainable": ...} parameter counts."""
+  sizes = jax.tree.leaves(jax.tree.map(lambda x: int(np.prod(x.shape)), params))
+  if trainable is None:
+    return {"total": sum(sizes), "trainable": sum(sizes)}
+  flags = jax.tree.leaves(trainable(params))
+  return {"total": sum(sizes), "trainable": sum(n for n, t in zip(sizes, flags) if t)}
+
+
+def make_train_step(model, tx, loss_fn, schedule, config, num_classes, total_steps,
+                    return_scale=1.0):
+  """Returns `train_step(state, batch, rng) -> (state, metrics)` (pure; jit it).
+
+  The objective is the class loss (on one-hot targets, mixed up when configured) + `loss.return_weight` · MSE of the return head on the forward
+  return / `return_scale` (its training-split std) + the model's auxiliary loss
+  (MoE load balancing). A step whose loss or gradient is not finite leaves the
+  state unchanged and reports `skipped=1`.
+  """
+  return_weight = float(config.loss.return_weight)
+  mix_alpha, mix_prob = float(config.train.mixup_alpha), float(config.train.mixup_prob)
+
   def train_step(state, batch, rng):
     rng = jax.random.fold_in(rng, state.step)
+    mix_rng, dropout_rng = jax.random.split(rng)
+    # Label smoothing, when configured, happens inside loss_fn (CE/focal terms only).
+    targets = jax.nn.one_hot(batch["y"], num_classes)
+    x, returns, mixed = batch["x"], batch["r"], jnp.zeros((), bool)
+    if mix_prob > 0:
+      x, targets, returns, mixed = mixup_lib.mixup(mix_rng, x, targets, returns,
+                                                   mix_alpha, mix_prob)
+    progress = jnp.minimum(state.step / total_steps, 1.0)
 
     def objective(params):
       variables = {"params": params, "batch_stats": state.batch_stats}
-      out, updates = model.apply(variables, batch["x"], train=True,
-                                 rngs={"dropout": rng}, mutable=["batch_stats"])
-      mask = jnp.ones(batch["y"].shape, jnp.float32)
-      class_loss = loss_fn(out["logits"], batch["y"], mask)
-      return class_loss + out["aux_loss"], (class_loss, updates)
+      out, updates = model.apply(variables, x, train=True, rngs={"dropout": dropout_rng},
+                                 mutable=["batch_stats"])
+      mask = jnp.ones(returns.shape, jnp.float32)
+      class_loss, parts = loss_fn(out["logits"], targets, mask, progress)
+      return_loss = jnp.mean((out["ret"] - returns / return_scale) ** 2)
+      loss = class_loss + return_weight * return_loss + out["aux_loss"]
+      return loss, (class_loss, return_loss, {**parts, **out.get("stats", {})}, updates)
 
-    (loss, (class_loss, updates)), grads = jax.value_and_grad(
+    (loss, (class_loss, return_loss, stats, updates)), grads = jax.value_and_grad(
         objective, has_aux=True)(state.params)
     grad_norm = optax.tree.norm(grads)
     ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     param_updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    new = state.replace(step=state.step + 1,
-                        params=optax.apply_updates(state.params, param_updates),
+    new = state.replace(params=optax.apply_updates(state.params, param_updates),
                         batch_stats=updates.get("batch_stats", state.batch_stats),
                         opt_state=opt_state)
-    # Keep the old state on a non-finite step (jnp.where keeps NaNs out of it).
+    # A non-finite step keeps the old state (jnp.where keeps NaNs out of it).
     new = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, state)
     new = new.replace(step=state.step + 1)
-    metrics = {"loss": loss, "class_loss": class_loss, "grad_norm": grad_norm,
-               "lr": schedule(state.step), "skipped": (~ok).astype(jnp.int32)}
+    metrics = {"loss": loss, "class_loss": class_loss, "return_loss": return_loss,
+               "grad_norm": grad_norm, "lr": schedule(state.step),
+               "skipped": (~ok).astype(jnp.int32), "mixup": mixed.astype(jnp.float32),
+               **stats}
     return new, metrics
 
-  return jax.jit(train_step, donate_argnums=0)
+  return train_step
 
 
 def make_predict_step(model):
-  """Returns the jitted `predict(state, x) -> (class probabilities [B, K], return [B])`."""
+  """Returns `predict(state, x) -> (class probabilities [B, K], return [B])` (pure)."""
   def predict(state, x):
     out = model.apply({"params": state.params, "batch_stats": state.batch_stats}, x,
                       train=False)
     return jax.nn.softmax(out["logits"], axis=-1), out["ret"]
-  return jax.jit(predict)
+  return predict
 
 
-def predict_split(predict_fn, state, dataset, split, batch_size):
-  """Class probabilities [n, K] and predicted returns [n] for every window of a split."""
-  probs, rets = [], []
-  for batch in loader.eval_batches(dataset, split, batch_size):
-    p, r = predict_fn(state, batch["x"])
-    keep = batch["mask"]
-    probs.append(np.asarray(p)[keep])
-    rets.append(np.asarray(r)[keep])
-  if not probs:
-    return np.zeros((0, dataset.num_classes), np.float32), np.zeros((0,), np.float32)
-  return np.concatenate(probs), np.concatenate(rets)
+class Runner:
+  """The jitted steps of one model on one mesh, with the host-side batch plumbing."""
+
+  def __init__(self, model, mesh, state, train_step=None):
+    self.mesh = mesh
+    self.batch_sharding = parallel.batch_sharding(mesh)
+    self.state_sharding = parallel.state_shardings(state, mesh)
+    repl = parallel.replicated(mesh)
+    if train_step is not None:
+      self.train_step = jax.jit(train_step, donate_argnums=0,
+                                in_shardings=(self.state_sharding, self.batch_sharding, repl),
+                                out_shardings=(self.state_sharding, repl))
+    self._predict = jax.jit(make_predict_step(model),
+                            in_shardings=(self.state_sharding, self.batch_sharding),
+                            out_shardings=(repl, repl))
+
+  def place_state(self, state):
+    return jax.device_put(state, self.state_sharding)
+
+  def put_batch(self, local):
+    return parallel.global_batch(local, self.batch_sharding)
+
+  def predict_split(self, state, dataset, split, batch_size):
+    """Class probabilities [n, K] and predicted returns [n] for every window of a split.
+
+    Deterministic, and independent of how many devices or processes run it.
+    """
+    rows = parallel.process_slice(batch_size)
+    probs, rets = [], []
+    for batch in loader.eval_batches(dataset, split, batch_size, rows):
+      p, r = self._predict(state, self.put_batch(batch["x"]))
+      probs.append(np.asarray(p))
+      rets.append(np.asarray(r))
+    n = len(dataset.splits[split])
+    if not probs:
+      return np.zeros((0, dataset.num_classes), np.float32), np.zeros((0,), np.float32)
+    return np.concatenate(probs)[:n], np.concatenate(rets)[:n]
 
 
-def split_loss(loss_fn, probs, labels):
-  """The training loss of a split, from its predicted probabilities (float64 on host)."""
+def eval_batch_size(config, mesh):
+  """eval.batch_size rounded up to a multiple of the device count (padding is masked)."""
+  n = mesh.size
+  return -(-config.eval.batch_size // n) * n
+
+
+def split_loss(loss_fn, probs, labels, num_classes):
+  """The class loss of a split from its predicted probabilities (at the end of training)."""
   logits = jnp.log(jnp.clip(jnp.asarray(probs), 1e-12, 1.0))
-  return float(loss_fn(logits, jnp.asarray(labels), jnp.ones(len(labels))))
+  targets = jax.nn.one_hot(jnp.asarray(labels), num_classes)
+  value, _ = loss_fn(logits, targets, jnp.ones(len(labels)), jnp.ones(()))
+  return float(value)
 
 
 def validation_report(labels, probs, min_rate):
-  """Validation metrics at the F1-best threshold, with the collapse verdict."""
-  scores = probs[:, 1]
-  threshold, _ = metrics_lib.best_f1_threshold(labels, scores, min_rate=min_rate)
-  summary = metrics_lib.summarize(labels, scores, threshold)
+  """Validation metrics at the F1-best threshold, with the collapse verdict.
+
+  The signal class is the last one (1 of two; "up" of three); with three classes
+  its one-vs-rest metrics pick the checkpoint and the argmax report is added.
+  """
+  signal = probs.shape[1] - 1
+  scores, binary = probs[:, signal], (labels == signal).astype(np.int64)
+  threshold, _ = metrics_lib.best_f1_threshold(binary, scores, min_rate=min_rate)
+  summary = metrics_lib.summarize(binary, scores, threshold)
   collapsed, reason = metrics_lib.is_collapsed(scores, threshold, min_rate)
   summary["collapsed"] = bool(collapsed)
   summary["collapse_reason"] = reason if collapsed else ""
-  summary["class_shares"] = metrics_lib.class_shares(
-      (scores >= threshold).astype(np.int64) if np.isfinite(threshold)
-      else np.zeros(len(scores), np.int64), 2)
+  pred = (scores >= threshold) if np.isfinite(threshold) else np.zeros(len(scores), bool)
+  summary["class_shares"] = metrics_lib.class_shares(pred.astype(np.int64), 2)
+  if probs.shape[1] > 2:
+    summary["multiclass"] = report_lib.multiclass_report(labels, probs.argmax(1), probs.shape[1])
   return summary
 
 
-def run_fingerprint(config):
-  """What must not change between a run and its resumption."""
+def run_fingerprint(config, ds, data_dir):
+  """What must not change between a run and its resumption: the config (but the
+  number of epochs) and the data pipeline (shards, split sizes)."""
   c = json.loads(config.to_json_best_effort())
   c["train"].pop("epochs", None)  # Training longer is a legitimate resume.
-  return c
+  shards = sorted((f, os.path.getsize(os.path.join(data_dir, f)))
+                  for f in os.listdir(data_dir) if f.endswith(".jqs"))
+  fingerprint = {"config": c, "shards": shards,
+                 "splits": {n: len(s) for n, s in ds.splits.items()},
+                 "processes": jax.process_count()}
+  return json.loads(json.dumps(fingerprint))  # As it reads back from the checkpoint.
+
+
+class _Preemption:
+  """SIGTERM/SIGINT set a flag; the loop saves a checkpoint and exits cleanly.
+
+  (Orbax's reached_preemption needs JAX's preemption service, absent on one host.)
+  """
+
+  def __init__(self):
+    self.requested = None
+    self._old = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      self._old[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, _):
+    self.requested = signal.Signals(signum).name
+
+  def __exit__(self, *exc):
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
+
+
+class Preempted(Exception):
+  pass
 
 
 def train_and_evaluate(config, workdir):
   """Trains, keeps the best-F1 checkpoints, then evaluates the best on the test split.
 
+  Re-running with the same workdir and config resumes from the latest checkpoint
+  (at the exact batch where it stopped). Raises Preempted after saving on SIGTERM.
+
   Returns:
     The report dict (also written to workdir/report.json).
   """
   from jaxquant import evaluate  # Local import: evaluate imports this module.
+  lead = jax.process_index() == 0
+  log = (lambda *a: print(*a, flush=True)) if lead else (lambda *a: None)
   os.makedirs(workdir, exist_ok=True)
   t_start = time.time()
-  data_dir = dataset_lib.ensure_data(config.data)
+  data_dir = dataset_lib.ensure_data(config.data, log=log)
   ds = dataset_lib.build_dataset(config.data, data_dir)
-  _log_data(ds, data_dir)
+  log(dataset_lib.describe(ds, data_dir))
 
-  steps = loader.steps_per_epoch(ds, config.train.batch_size)
-  if steps == 0:
-    raise ValueError(f"train.batch_size={config.train.batch_size} is larger than the "
-                     f"{len(ds.splits['train'])} training windows")
+  mesh = parallel.make_mesh(config.mesh)
+  parallel.check_batch_divides(config.train.batch_size, mesh)
+  log(parallel.describe(mesh))
+  plan = lambda epoch: loader.epoch_plan(ds, config.data, config.train.batch_size,
+                                         config.train.seed, epoch, shards=mesh.size)
+  steps = plan(0).shape[0]
   model = build_model(config, ds.num_classes)
-  tx, schedule = make_optimizer(config.train, steps)
-  alpha = losses.class_weights(config.loss, ds.splits["train"].labels, ds.num_classes)
+  trainable = trainable_fn(config.train)
+  tx, schedule = make_optimizer(config.train, steps, trainable)
+  train_split = ds.splits["train"]
+  alpha = losses.class_weights(config.loss, train_split.labels, train_split.fwd_returns,
+                               ds.num_classes)
   loss_fn = losses.make_loss_fn(config.loss, alpha)
-  train_step = make_train_step(model, tx, loss_fn, schedule)
-  predict_fn = make_predict_step(model)
+  return_scale = float(np.std(train_split.fwd_returns)) or 1.0
   state = create_train_state(model, tx, ds.num_features, ds.window, config.train.seed)
-  n_params = sum(x.size for x in jax.tree.leaves(state.params))
-  print(f"Model {config.model.name}: {n_params:,} parameters; {steps} steps/epoch of "
-        f"{config.train.batch_size}; class weights {np.round(alpha, 3).tolist()}", flush=True)
+  if config.train.init_from:
+    state = init_from_run(state, tx, config.train.init_from, log)
+  runner = Runner(model, mesh, state, make_train_step(
+      model, tx, loss_fn, schedule, config, ds.num_classes, config.train.epochs * steps,
+      return_scale))
+  counts = parameter_counts(state.params, trainable)
+  log(f"Model {config.model.name}: {counts['total']:,} parameters ({counts['trainable']:,} "
+      f"trainable); {steps} steps/epoch of {config.train.batch_size}; class weights "
+      f"{[round(float(a), 3) for a in alpha]}")
 
   store = checkpoints_lib.CheckpointStore(os.path.join(workdir, "checkpoints"),
                                           keep_best=config.eval.keep_best)
-  fingerprint = run_fingerprint(config)
-  start_epoch, best_score, bad_epochs = 0, -np.inf, 0
+  fingerprint = run_fingerprint(config, ds, data_dir)
+  progress = {"epoch": 0, "batch": 0, "best_score": -np.inf, "bad_epochs": 0,
+              "collapsed_epochs": 0, "partial": None}
   history = _read_history(workdir)
   if store.latest_step() is not None:
     meta = store.restore_meta(store.latest_step())
     if meta.get("fingerprint") != fingerprint:
-      raise ValueError(f"workdir {workdir} holds checkpoints of a different config; "
-                       "use another --workdir")
+      raise ValueError(f"workdir {workdir} holds checkpoints of a different config or data; "
+                       "use another --workdir (or delete it)")
     state, meta = store.restore(store.latest_step(), checkpoints_lib.abstract_like(state))
-    start_epoch, best_score, bad_epochs = meta["epoch"] + 1, meta["best_score"], meta["bad_epochs"]
-    history = history[:start_epoch]
-    print(f"Resuming from epoch {start_epoch} (step {int(state.step)})", flush=True)
-  io_utils.atomic_write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
+    progress = meta["progress"]
+    history = history[:progress["epoch"]]
+    log(f"Resuming at epoch {progress['epoch'] + 1}, batch {progress['batch']} "
+        f"(step {int(state.step)})")
+  state = runner.place_state(state)
+  if lead:
+    io_utils.atomic_write_text(os.path.join(workdir, "config.json"),
+                               config.to_json_best_effort(indent=2))
 
+  tb = tb_lib.TBWriter(os.path.join(workdir, "tb"), enabled=lead and config.eval.tensorboard)
   rng = jax.random.key(config.train.seed + 1)
   val = ds.splits["val"]
+  eval_bs = eval_batch_size(config, mesh)
+  rows = parallel.process_slice(config.train.batch_size)
   stop_reason = "completed all epochs"
-  for epoch in range(start_epoch, config.train.epochs):
-    t0 = time.time()
-    step_metrics = []
-    batches = loader.train_batches(ds, config.train.batch_size, config.train.seed, epoch)
-    for batch in tqdm(batches, total=steps, desc=f"epoch {epoch + 1}/{config.train.epochs}",
-                      leave=False, mininterval=1.0, disable=None):
-      state, m = train_step(state, batch, rng)
-      step_metrics.append(m)  # Stays on device: no host sync inside the epoch.
-    train_m = {k: np.asarray(v) for k, v in jax.device_get(
-        jax.tree.map(lambda *xs: jnp.stack(xs), *step_metrics)).items()}
-    skipped = int(train_m["skipped"].sum())
-    if skipped == steps:
-      stop_reason = f"every step of epoch {epoch + 1} had a non-finite loss or gradient"
-      print(f"STOP: {stop_reason}", flush=True)
-      break
-    good = train_m["skipped"] == 0
-    probs, _ = predict_split(predict_fn, state, ds, "val", config.eval.batch_size)
-    report = validation_report(val.labels, probs, config.eval.min_positive_rate)
-    score = (checkpoints_lib.COLLAPSED_SCORE if report["collapsed"] else report["f1"])
-    improved = score > best_score
-    best_score, bad_epochs = (score, 0) if improved else (best_score, bad_epochs + 1)
-    record = {
-        "epoch": epoch + 1, "step": int(state.step), "seconds": round(time.time() - t0, 2),
-        "train_loss": float(train_m["loss"][good].mean()),
-        "grad_norm": float(train_m["grad_norm"][good].mean()),
-        "lr": float(train_m["lr"][-1]), "skipped_steps": skipped,
-        "val_loss": split_loss(loss_fn, probs, val.labels),
-        **{f"val_{k}": v for k, v in report.items()},
-    }
-    history.append(record)
-    io_utils.append_jsonl(os.path.join(workdir, "metrics.jsonl"), record)
-    meta = {"epoch": epoch, "threshold": report["threshold"], "val": report,
-            "normalizer": ds.normalizer, "class_weights": alpha.tolist(),
-            "best_score": best_score, "bad_epochs": bad_epochs, "fingerprint": fingerprint}
-    store.save(int(state.step), state, meta, score)
-    _log_epoch(record, improved)
-    if bad_epochs >= config.train.patience:
-      stop_reason = f"early stopping: no better validation F1 for {bad_epochs} epochs"
-      break
+
+  def save(step_state, meta, score):
+    store.save(int(step_state.step), step_state, meta, score)
+
+  with _Preemption() as preemption:
+    for epoch in range(progress["epoch"], config.train.epochs):
+      t0 = time.time()
+      partial, step_metrics = progress.get("partial"), []
+      batches = loader.train_batches(ds, plan(epoch), rows=rows, skip=progress["batch"],
+                                     jitter=config.data.oversample_jitter,
+                                     seed=config.train.seed, epoch=epoch)
+      bar = tqdm(batches, total=steps - progress["batch"], leave=False, mininterval=1.0,
+                 desc=f"epoch {epoch + 1}/{config.train.epochs}", disable=None if lead else True)
+      bad_streak, checked = 0, 0
+      for i, batch in enumerate(bar, start=progress["batch"] + 1):
+        state, m = runner.train_step(state, runner.put_batch(batch), rng)
+        step_metrics.append(m)  # Stays on device: no host sync per step.
+        if i % 32 == 0 or i == steps:  # Look at non-finite steps now and then.
+          recent = jax.device_get([s["skipped"] for s in step_metrics[checked:]])
+          checked = len(step_metrics)
+          bad_streak = _streak(bad_streak, recent)
+          if bad_streak >= config.train.max_bad_steps:
+            stop_reason = (f"{bad_streak} consecutive steps with a non-finite loss or gradient "
+                           f"(last at step {int(state.step)}); updates were skipped, the last "
+                           "good checkpoint is kept")
+            break
+        if preemption.requested:
+          progress.update(epoch=epoch, batch=i, partial={
+              k: v.tolist() for k, v in _stack_host(partial, step_metrics).items()})
+          save(state, {"progress": progress, "fingerprint": fingerprint,
+                       "preempted": preemption.requested}, checkpoints_lib.PREEMPTED_SCORE)
+          store.close()
+          log(f"{preemption.requested}: saved a checkpoint at epoch {epoch + 1}, batch {i} "
+              f"(step {int(state.step)}); re-run the same command to resume.")
+          raise Preempted(preemption.requested)
+      if bad_streak >= config.train.max_bad_steps:
+        log(f"STOP: {stop_reason}")
+        break
+
+      train_m = _stack_host(partial, step_metrics)
+      probs, _ = runner.predict_split(state, ds, "val", eval_bs)
+      report = validation_report(val.labels, probs, config.eval.min_positive_rate)
+      score = checkpoints_lib.COLLAPSED_SCORE if report["collapsed"] else report["f1"]
+      improved = score > progress["best_score"]
+      progress["best_score"] = max(progress["best_score"], score)
+      progress["bad_epochs"] = 0 if improved else progress["bad_epochs"] + 1
+      progress["collapsed_epochs"] = progress["collapsed_epochs"] + 1 if report["collapsed"] else 0
+      record = _epoch_record(epoch, state, t0, train_m, report, loss_fn, probs, val.labels,
+                             ds.num_classes)
+      history.append(record)
+      _log_tensorboard(tb, train_m, record, int(state.step))
+      if lead:
+        io_utils.append_jsonl(os.path.join(workdir, "metrics.jsonl"), record)
+      progress.update(epoch=epoch + 1, batch=0, partial=None)
+      meta = {"epoch": epoch, "threshold": report["threshold"], "val": report,
+              "normalizer": ds.normalizer, "class_weights": [float(a) for a in alpha],
+              "return_scale": return_scale, "parameters": counts, "progress": progress,
+              "fingerprint": fingerprint}
+      save(state, meta, score)
+      log(_epoch_line(record, improved))
+      if progress["collapsed_epochs"] >= config.eval.collapse_patience:
+        stop_reason = (f"collapsed: the model {report['collapse_reason']} on validation for "
+                       f"{progress['collapsed_epochs']} epochs in a row")
+        log(f"STOP: {stop_reason}")
+        break
+      if progress["bad_epochs"] >= config.train.patience:
+        stop_reason = f"early stopping: no better validation F1 for {progress['bad_epochs']} epochs"
+        break
   store.close()
-  train_seconds = time.time() - t_start
-  evaluate.plot_history(history, workdir)
-  report = evaluate.evaluate(workdir, config=config, stop_reason=stop_reason,
-                             train_seconds=train_seconds)
-  return report
+  tb.close()
+  if lead:
+    evaluate.plot_history(history, workdir)
+  return evaluate.evaluate(workdir, config=config, stop_reason=stop_reason,
+                           train_seconds=time.time() - t_start)
+
+
+def _log_tensorboard(tb, train_m, record, last_step):
+  """Per-step training scalars (from the epoch's collected metrics: no extra host
+  sync during the epoch) and the epoch's validation metrics and model stats."""
+  n = len(train_m["loss"])
+  for j in range(n):
+    tb.scalars(last_step - n + j + 1, {"train": {
+        k: train_m[k][j] for k in ("loss", "class_loss", "return_loss", "grad_norm", "lr")}})
+  tb.scalars(last_step, {"epoch": {k: v for k, v in record.items()
+                                   if isinstance(v, (int, float, list)) and k != "step"}})
+  tb.flush()
+
+
+def _streak(streak, skipped):
+  """Length of the run of non-finite steps ending at the last step."""
+  for s in skipped:
+    streak = streak + 1 if s else 0
+  return streak
+
+
+def _stack_host(partial, step_metrics):
+  """Per-step metrics → {name: host array [steps, ...]}.
+
+  Args:
+    partial: {name: list} of the steps of this epoch run before a resume, or None.
+    step_metrics: list of per-step metric dicts (device arrays).
+  """
+  host = jax.device_get(step_metrics)
+  keys = host[0].keys() if host else (partial or {}).keys()
+  out = {}
+  for k in keys:
+    parts = [np.asarray(partial[k])] if partial else []
+    if host:
+      parts.append(np.stack([np.asarray(h[k]) for h in host]))
+    # float64 on both paths, so a resumed epoch (its first steps read back from
+    # JSON) averages to exactly the same number as an uninterrupted one.
+    out[k] = np.concatenate([p.astype(np.float64) for p in parts])
+  return out
+
+
+def _epoch_record(epoch, state, t0, train_m, report, loss_fn, probs, labels, num_classes):
+  good = train_m["skipped"] == 0
+  model_stats = {k: v[good].mean(0).tolist() if good.any() else None
+                 for k, v in train_m.items() if k not in _STEP_KEYS}
+  mean = lambda k: float(train_m[k][good].mean()) if good.any() else float("nan")
+  return {"epoch": epoch + 1, "step": int(state.step), "seconds": round(time.time() - t0, 2),
+          "train_loss": mean("loss"), "train_class_loss": mean("class_loss"),
+          "train_return_loss": mean("return_loss"), "grad_norm": mean("grad_norm"),
+          "lr": float(train_m["lr"][-1]), "skipped_steps": int((~good).sum()),
+          "mixup_share": float(train_m["mixup"].mean()), **model_stats,
+          "val_loss": split_loss(loss_fn, probs, labels, num_classes),
+          **{f"val_{k}": v for k, v in report.items()}}
+
+
+def init_from_run(state, tx, run_dir, log=print):
+  """Starts from the parameters of another run's best checkpoint (fine-tuning / PEFT).
+
+  The architecture must match; the optimizer state starts fresh.
+  """
+  store = checkpoints_lib.CheckpointStore(os.path.join(run_dir, "checkpoints"))
+  step = store.best_step()
+  if step is None:
+    raise ValueError(f"config.train.init_from={run_dir!r} holds no checkpoint")
+  source = {"params": state.params}
+  if jax.tree.leaves(state.batch_stats):
+    source["batch_stats"] = state.batch_stats
+  try:
+    restored = store.restore_partial(step, checkpoints_lib.abstract_like(source))
+  except Exception as e:  # Orbax reports a shape/structure mismatch in many ways.
+    raise ValueError(f"config.train.init_from={run_dir!r}: its checkpoint does not fit this "
+                     f"model ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+  finally:
+    store.close()
+  log(f"Initialised from {run_dir} (step {step})")
+  return state.replace(params=restored["params"],
+                       batch_stats=restored.get("batch_stats", state.batch_stats),
+                       opt_state=tx.init(restored["params"]))
 
 
 def _read_history(workdir):
@@ -262,21 +530,15 @@ def _read_history(workdir):
     return [json.loads(line) for line in f if line.strip()]
 
 
-def _log_data(ds, data_dir):
-  parts = [f"{name} {s['windows']:,} windows ({s['positive_rate']:.1%} positive)"
-           for name, s in ds.summary()["splits"].items()]
-  print(f"Data {data_dir}: {len(ds.instruments)} instruments, {ds.features.shape[0]:,} bars; "
-        + "; ".join(parts), flush=True)
-
-
-def _log_epoch(r, improved):
+def _epoch_line(r, improved):
   flag = ""
   if r["val_collapsed"]:
     flag = f"  COLLAPSED: {r['val_collapse_reason']} — not eligible as best"
   elif improved:
     flag = "  * best so far (saved)"
-  print(f"epoch {r['epoch']:3d}  loss {r['train_loss']:.4f}  val_loss {r['val_loss']:.4f}  "
-        f"val F1 {r['val_f1']:.3f} (all-positive {r['val_f1_baseline']:.3f}) "
-        f"P {r['val_precision']:.3f} R {r['val_recall']:.3f} @ {r['val_threshold']:.3f}  "
-        f"AUC {r['val_roc_auc']:.3f}  PR-AUC {r['val_pr_auc']:.3f} (prior "
-        f"{r['val_prior']:.3f})  {r['seconds']:.0f}s{flag}", flush=True)
+  shares = "/".join(f"{s:.0%}" for s in r["val_class_shares"])
+  return (f"epoch {r['epoch']:3d}  loss {r['train_loss']:.4f}  val_loss {r['val_loss']:.4f}  "
+          f"val F1 {r['val_f1']:.3f} (all-positive {r['val_f1_baseline']:.3f}) "
+          f"P {r['val_precision']:.3f} R {r['val_recall']:.3f} @ {r['val_threshold']:.3f} "
+          f"[pred 0/1 {shares}]  AUC {r['val_roc_auc']:.3f}  PR-AUC {r['val_pr_auc']:.3f} "
+          f"(prior {r['val_prior']:.3f})  {r['seconds']:.0f}s{flag}")

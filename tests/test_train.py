@@ -22,7 +22,9 @@ def _setup(epochs=50, lr=1e-2):
   tx, schedule = train.make_optimizer(config.train, steps_per_epoch=1)
   loss_fn = losses.make_loss_fn(config.loss, np.array([1.0, 1.0], np.float32))
   state = train.create_train_state(model, tx, num_features=3, window=12, seed=0)
-  return model, state, train.make_train_step(model, tx, loss_fn, schedule)
+  step = train.make_train_step(model, tx, loss_fn, schedule, config, num_classes=2,
+                               total_steps=epochs)
+  return model, state, jax.jit(step)
 
 
 def _learnable_batch(n=64):

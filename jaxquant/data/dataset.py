@@ -26,17 +26,21 @@ class Split:
   fwd_returns: np.ndarray   # float64 forward return over the horizon.
   instrument: np.ndarray    # int32 index into Dataset.instruments.
   timestamps: np.ndarray    # int64 ns of the window's last bar.
+  signal_class: int = 1     # The class a trader acts on: 1, or "up" (2) of three classes.
 
   def __len__(self):
     return len(self.ends)
 
   @property
   def positive_rate(self):
-    return float(self.labels.mean()) if len(self) else float("nan")
+    """Share of the signal class (the highest class: 1, or "up" of three)."""
+    return float((self.labels == self.signal_class).mean()) if len(self) else float("nan")
 
   def summary(self):
-    return {"windows": len(self), "positives": int(self.labels.sum()),
+    known = self.labels[self.labels >= 0]
+    return {"windows": len(self), "positives": int((known == self.signal_class).sum()),
             "positive_rate": self.positive_rate,
+            "class_counts": np.bincount(known).tolist() if len(known) else [],
             "start": _iso(self.timestamps.min()) if len(self) else None,
             "end": _iso(self.timestamps.max()) if len(self) else None}
 
@@ -71,6 +75,14 @@ class Dataset:
 
 def _iso(ns):
   return str(np.datetime64(int(ns), "ns").astype("datetime64[s]"))
+
+
+def describe(ds, data_dir):
+  """One line: where the data is, how much, and each split's size and positive rate."""
+  parts = [f"{name} {s['windows']:,} windows ({s['positive_rate']:.1%} positive)"
+           for name, s in ds.summary()["splits"].items()]
+  return (f"Data {data_dir}: {len(ds.instruments)} instruments, {ds.features.shape[0]:,} "
+          "bars; " + "; ".join(parts))
 
 
 def resolve_data_dir(data_config):
@@ -114,6 +126,38 @@ def ensure_data(data_config, log=print):
   return data_dir
 
 
+def label_config(data_config):
+  """The label settings of config.data, under the names labels.make_labels reads."""
+  return {"kind": data_config.label_kind, "horizon": data_config.horizon,
+          "threshold": data_config.label_threshold, "take_profit": data_config.take_profit,
+          "stop_loss": data_config.stop_loss, "barrier_units": data_config.barrier_units,
+          "tick_size": data_config.tick_size, "barrier_binary": data_config.barrier_binary}
+
+
+def _load_series(data_config, data_dir):
+  """Per instrument: (name, timestamps, features [n, F], labels [n], forward returns [n]),
+  and the number of classes."""
+  out, num_classes = [], 2
+  for name, ts, bars in shards.load_dir(data_dir):
+    try:
+      lab = labels_lib.make_labels(label_config(data_config), bars)
+    except ValueError as e:
+      raise ValueError(str(e).replace("config.data.kind", "config.data.label_kind")) from None
+    num_classes = lab["num_classes"]
+    out.append((name, ts, features_lib.bar_features(bars), lab["labels"], lab["fwd_return"]))
+  return out, num_classes
+
+
+def _make_split(name, parts, num_classes):
+  cols = [np.concatenate(c) for c in zip(*parts)]
+  return Split(name, *cols, signal_class=num_classes - 1)
+
+
+def _samples(offset, t, labels, fwd, ts, inst_id):
+  return (offset + t, labels[t].astype(np.int32), fwd[t], np.full(len(t), inst_id, np.int32),
+          ts[t])
+
+
 def build_dataset(data_config, data_dir, normalizer=None):
   """Loads shards, computes features and labels and splits them in time.
 
@@ -124,35 +168,56 @@ def build_dataset(data_config, data_dir, normalizer=None):
       training split of this data.
 
   Returns:
-    A Dataset.
+    A Dataset with splits train / val / test.
   """
   T, h = data_config.window, data_config.horizon
-  series = shards.load_dir(data_dir)
-  feats, parts, names = [], {n: [] for n in splits_lib.SPLITS}, []
-  train_rows, offset = [], 0
-  for inst_id, (name, ts, bars) in enumerate(series):
+  feats, parts, names, train_rows, offset = [], {n: [] for n in splits_lib.SPLITS}, [], [], 0
+  series, num_classes = _load_series(data_config, data_dir)
+  for inst_id, (name, ts, f, labels, fwd) in enumerate(series):
     names.append(name)
-    f = features_lib.bar_features(bars)
-    fwd = labels_lib.forward_return(bars[:, 3], h)
-    segs = splits_lib.segments(len(bars), data_config.val_fraction,
+    segs = splits_lib.segments(len(f), data_config.val_fraction,
                                data_config.test_fraction, data_config.embargo)
     for split in splits_lib.SPLITS:
       t = splits_lib.window_ends(segs[split], T, h)
-      parts[split].append((offset + t, labels_lib.binary_labels(fwd[t], data_config.label_threshold),
-                           fwd[t], np.full(len(t), inst_id, np.int32), ts[t]))
+      parts[split].append(_samples(offset, t, labels, fwd, ts, inst_id))
     train_rows.append(offset + np.arange(*segs["train"]))
     feats.append(f)
-    offset += len(bars)
+    offset += len(f)
   features = np.concatenate(feats)
   if normalizer is None:
     normalizer = features_lib.fit_normalizer(features, np.concatenate(train_rows))
-  split_objs = {}
-  for split, p in parts.items():
-    cols = [np.concatenate(c) for c in zip(*p)]
-    split_objs[split] = Split(split, *cols)
-  if len(split_objs["train"]) == 0:
-    raise ValueError(f"no training windows: {data_dir} has too few bars per instrument for "
-                     f"window={T} + horizon={h} (train share of "
-                     f"{1 - data_config.val_fraction - data_config.test_fraction:.0%})")
+  split_objs = {split: _make_split(split, p, num_classes) for split, p in parts.items()}
+  for split, s in split_objs.items():
+    if len(s) == 0:
+      raise ValueError(f"no {split} windows: {data_dir} has too few bars per instrument "
+                       f"for config.data.window={T} + horizon={h} in the {split} share of the "
+                       "bars (use a smaller window or more data)")
   return Dataset(features=features_lib.normalize(features, normalizer), splits=split_objs,
-                 instruments=names, normalizer=normalizer, window=T, horizon=h)
+                 instruments=names, normalizer=normalizer, window=T, horizon=h,
+                 num_classes=num_classes)
+
+
+def build_inference_set(data_config, data_dir, normalizer, labelled_only=False):
+  """Every window of other data as one split "all", through a saved normaliser.
+
+  Args:
+    labelled_only: keep only windows whose forward return is known (evaluation);
+      otherwise the most recent windows are kept too, with label -1 (prediction).
+  """
+  T, h = data_config.window, data_config.horizon
+  feats, parts, names, offset = [], [], [], 0
+  series, num_classes = _load_series(data_config, data_dir)
+  for inst_id, (name, ts, f, labels, fwd) in enumerate(series):
+    names.append(name)
+    last = len(f) - 1 - (h if labelled_only else 0)
+    t = np.arange(T, last + 1, dtype=np.int64)
+    parts.append(_samples(offset, t, labels, fwd, ts, inst_id))
+    feats.append(f)
+    offset += len(f)
+  split = _make_split("all", parts, num_classes)
+  if len(split) == 0:
+    raise ValueError(f"{data_dir} has no complete window of {T} bars"
+                     + (f" with a {h}-bar forward return" if labelled_only else ""))
+  return Dataset(features=features_lib.normalize(np.concatenate(feats), normalizer),
+                 splits={"all": split}, instruments=names, normalizer=normalizer,
+                 window=T, horizon=h, num_classes=num_classes)

@@ -1,6 +1,7 @@
 """Batches for training and evaluation, on grain's dataset API.
 
-Training batches are shuffled per epoch from (seed, epoch), so every epoch is
+Training batches follow a per-epoch plan that is a function of (seed, epoch)
+only (data/sampling.py), so every epoch — and every batch in it — is
 reproducible on its own. Evaluation batches are fixed-order and padded with a
 mask, so no window is dropped and any batch size gives the same numbers.
 """
@@ -8,52 +9,66 @@ mask, so no window is dropped and any batch size gives the same numbers.
 import grain
 import numpy as np
 
-
-def _epoch_seed(seed, epoch):
-  return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+from jaxquant.data import sampling
 
 
-def train_batches(dataset, batch_size, seed, epoch):
-  """Shuffled training batches of one epoch (the last partial batch is dropped).
+def epoch_plan(dataset, data_config, batch_size, seed, epoch, shards=1):
+  """The epoch's batches as training indices [steps, B] (see sampling.epoch_plan)."""
+  return sampling.epoch_plan(
+      dataset.splits["train"].labels, batch_size, seed, epoch,
+      sampler=data_config.sampler, positives_per_batch=data_config.positives_per_batch,
+      undersample_ratio=data_config.undersample_ratio,
+      oversample_fraction=data_config.oversample_fraction, shards=shards)
+
+
+def train_batches(dataset, plan, rows=None, skip=0, jitter=0.0, seed=0, epoch=0):
+  """Training batches of one epoch, following `plan` (from epoch_plan).
+
+  Args:
+    dataset: a data.dataset.Dataset.
+    plan: int [steps, B] training indices; an index >= n is a copy of index - n.
+    rows: (start, stop) — the rows of every global batch this process feeds;
+      only those windows are gathered (None = all).
+    skip: batches of this epoch already consumed (resume at the exact batch).
+    jitter: std of Gaussian noise added to oversampled copies (0 = exact copies).
+    seed, epoch: seed the jitter noise, so a resumed epoch is bit-identical.
 
   Returns:
-    An iterable of dicts x [B, T, F] float32, y [B] int32, r [B] float32.
+    An iterable of dicts x [b, T, F] float32, y [b] int32, r [b] float32.
   """
   split = dataset.splits["train"]
-  if len(split) < batch_size:
-    raise ValueError(f"train.batch_size={batch_size} is larger than the "
-                     f"{len(split)} training windows")
+  n = len(split)
+  start, stop = rows or (0, plan.shape[1])
 
-  def gather(idx):
-    return {"x": dataset.windows("train", idx), "y": split.labels[idx],
-            "r": split.fwd_returns[idx].astype(np.float32)}
+  def gather(step_and_idx):
+    step, idx = step_and_idx
+    idx = idx[start:stop]
+    copy, idx = idx >= n, idx % n
+    x = dataset.windows("train", idx)
+    if jitter and copy.any():
+      noise = np.random.default_rng([seed, epoch, int(step)]).normal(
+          0.0, jitter, size=x[copy].shape)
+      x[copy] += noise.astype(x.dtype)
+    return {"x": x, "y": split.labels[idx], "r": split.fwd_returns[idx].astype(np.float32)}
 
-  ds = (grain.MapDataset.range(len(split))
-        .shuffle(seed=_epoch_seed(seed, epoch))
-        .batch(batch_size, drop_remainder=True)
-        .map(gather))
+  ds = grain.MapDataset.source([(i, row) for i, row in enumerate(plan)])
+  ds = ds[skip:].map(gather)
   # Threads overlap the numpy gather with the jitted step.
   return ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
 
 
-def steps_per_epoch(dataset, batch_size):
-  return len(dataset.splits["train"]) // batch_size
+def eval_batches(dataset, split_name, batch_size, rows=None):
+  """All windows of a split in order, padded to full batches; `mask` marks real rows.
 
-
-def eval_batches(dataset, split_name, batch_size):
-  """All windows of a split in order, padded to full batches; `mask` marks real rows."""
+  Args:
+    rows: (start, stop) rows of each batch this process gathers (None = all).
+  """
   split = dataset.splits[split_name]
   n = len(split)
-  for start in range(0, n, batch_size):
-    idx = np.arange(start, min(start + batch_size, n))
-    pad = batch_size - len(idx)
-    x = dataset.windows(split_name, idx)
-    y = split.labels[idx]
-    r = split.fwd_returns[idx].astype(np.float32)
-    mask = np.ones(len(idx), bool)
-    if pad:
-      x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
-      y = np.concatenate([y, np.zeros(pad, y.dtype)])
-      r = np.concatenate([r, np.zeros(pad, r.dtype)])
-      mask = np.concatenate([mask, np.zeros(pad, bool)])
-    yield {"x": x, "y": y, "r": r, "mask": mask}
+  start, stop = rows or (0, batch_size)
+  for first in range(0, n, batch_size):
+    idx = np.arange(first, first + batch_size)[start:stop]
+    real = idx < n
+    idx = np.where(real, idx, 0)  # Padding rows repeat window 0 and are masked out.
+    yield {"x": dataset.windows(split_name, idx), "y": split.labels[idx] * real,
+           "r": split.fwd_returns[idx].astype(np.float32) * real, "mask": real}

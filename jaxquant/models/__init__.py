@@ -9,12 +9,18 @@ Dropout draws from the "dropout" RNG stream.
 
 import jax.numpy as jnp
 
+from jaxquant.models import moe
+from jaxquant.models import resnet
 from jaxquant.models import rnn
+from jaxquant.models import transformer
 
 # name → (module class, fixed keyword arguments).
 _REGISTRY = {
     "gru": (rnn.RNNClassifier, {"cell": "gru"}),
     "lstm": (rnn.RNNClassifier, {"cell": "lstm"}),
+    "resnet": (resnet.ResNet, {}),
+    "transformer": (transformer.Transformer, {}),
+    "moe": (moe.MoETransformer, {}),
 }
 
 

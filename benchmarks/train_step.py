@@ -1,0 +1,484 @@
+"""Train-step throughput: jaxquant's JAX step against the PyTorch original, same process.
+
+    python benchmarks/train_step.py --quick                   # quick shapes, < 3 min on 2 cores
+    python benchmarks/train_step.py                           # quick + full-scale shapes
+    python benchmarks/train_step.py --models=gru,lstm --out=/tmp/perf.md
+
+What it measures, for each model (gru, lstm, resnet, transformer, moe) and shape:
+samples/s of one full training step — forward, backward, optimizer update — as
+the median over repeats of timed runs of consecutive steps (warm-up and compile
+excluded; JAX synchronised with `jax.block_until_ready`, torch CPU needs none):
+
+- JAX: `jaxquant.train.make_train_step` on the config's model (the step we ship:
+  focal loss, clip by global norm, AdamW on warmup + cosine, the non-finite
+  guard), `jax.jit(..., donate_argnums=0)`, compiled ahead of time; the compile
+  time is reported (JAX's persistent compilation cache is on, so a second run
+  mostly loads it: "(cached)" marks those).
+- PyTorch eager: the twin from `benchmarks/torch_reference.py` (same layers, same
+  parameter count) with the original's step: AdamW (lr, weight decay of the
+  config) + clip_grad_norm_ + focal loss + cosine annealing, at the faster of 1
+  and all-cores intra-op threads (picked per model in the warm-up: on a loaded
+  shared machine torch's multi-threaded small ops can be ~10x slower).
+- PyTorch `torch.compile` (inductor) of the model + loss, optimizer eager; "n/a"
+  when it fails on this machine. Not run under --quick by default (a cold
+  inductor compile takes 0.5-6 min per model on 2 cores; `--torch_compile=all`
+  forces it), nor for GRU/LSTM at full shape (inductor unrolls T=500 steps).
+JAX and torch run on the same random batch, in alternation (one timed run of
+each per repeat), so a busy shared machine slows both alike.
+
+Shapes: "quick" = the `:quick` configs (T=64, batch 128, small widths);
+"full" = configs/<model>.py (T=500, original widths) at a small batch
+(`--full_batch`, default 4; full shapes are slow on a CPU), skipped under --quick.
+LSTM has no config of its own: it is configs/gru.py with model.name = "lstm".
+
+FLOPs of a step come from XLA's cost analysis of the compiled JAX step
+(`compiled.cost_analysis()["flops"]`), except for GRU/LSTM: XLA counts the body
+of the time loop (a while loop) once, so their FLOPs are counted analytically
+(3 × forward matmul FLOPs). The matmul peak is a 2048³ float32 `jnp.dot` (and
+`torch.mm`) measured in the same run.
+
+The results go to stdout as a markdown table and into `--out` (default
+docs/performance.md) as the section "## Train step: JAX vs PyTorch" (other
+sections of the file are kept). The last line printed is
+`min_jax_over_torch=<min JAX/eager ratio> geomean=<geometric mean of the ratios>`.
+"""
+
+import argparse
+import math
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+MODELS = ("gru", "lstm", "resnet", "transformer", "moe")
+SECTION = "## Train step: JAX vs PyTorch"
+from jaxquant.data import features as _features  # noqa: E402
+
+NUM_FEATURES = len(_features.FEATURE_NAMES)  # What the pipeline feeds the models.
+
+
+_T0 = time.time()
+
+
+def log(*a):
+  print(f"[{time.time() - _T0:6.1f}s]", *a, file=sys.stderr, flush=True)
+
+
+def get_config(model, shape):
+  """configs/<model>.py (LSTM: configs/gru.py renamed), `:quick` for shape "quick"."""
+  import importlib
+  module = importlib.import_module(f"configs.{'gru' if model == 'lstm' else model}")
+  config = module.get_config("quick" if shape == "quick" else None)
+  config.model.name = model
+  return config
+
+
+# --------------------------------------------------------------------------- FLOPs
+
+
+def rnn_flops(config, batch):
+  """Analytic FLOPs of a GRU/LSTM train step: 3 × forward matmul FLOPs."""
+  m, t = config.model, config.data.window
+  gates = 3 if m.name == "gru" else 4
+  fwd = 0
+  for i in range(m.num_layers):
+    f_in = NUM_FEATURES if i == 0 else m.hidden
+    fwd += 2 * t * gates * m.hidden * (f_in + m.hidden)
+  fwd += 2 * m.hidden * 3  # Heads.
+  return 3 * fwd * batch
+
+
+def cost_flops(compiled):
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else {}
+  return float((cost or {}).get("flops", float("nan")))
+
+
+def matmul_peak(n=2048, repeats=5):
+  """GFLOP/s of an n³ float32 matmul: (jnp.dot, torch.mm), medians."""
+  import torch
+  rng = np.random.default_rng(0)
+  a = rng.normal(size=(n, n)).astype(np.float32)
+  b = rng.normal(size=(n, n)).astype(np.float32)
+  ja, jb = jnp.asarray(a), jnp.asarray(b)
+  dot = jax.jit(jnp.dot)
+  jax.block_until_ready(dot(ja, jb))
+  ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+  torch.mm(ta, tb)
+  threads = sorted({1, os.cpu_count() or 1})
+  tj, tt = [], {k: [] for k in threads}
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(dot(ja, jb))
+    tj.append(time.perf_counter() - t0)
+    for k in threads:
+      torch.set_num_threads(k)
+      t0 = time.perf_counter()
+      torch.mm(ta, tb)
+      tt[k].append(time.perf_counter() - t0)
+  torch.set_num_threads(os.cpu_count() or 1)
+  flops = 2.0 * n**3
+  return (flops / statistics.median(tj) / 1e9,
+          max(flops / statistics.median(v) / 1e9 for v in tt.values()))
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def make_batch(config, batch, seed=0):
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(batch, config.data.window, NUM_FEATURES)).astype(np.float32)
+  y = (rng.random(batch) < 0.07).astype(np.int32)
+  y[0] = 1  # At least one positive.
+  r = (rng.normal(size=batch) * 0.005).astype(np.float32)
+  return {"x": x, "y": y, "r": r}
+
+
+def cache_entries(cache_dir):
+  if not cache_dir or not os.path.isdir(cache_dir):
+    return 0
+  return sum(len(files) for _, _, files in os.walk(cache_dir))
+
+
+def jax_setup(config, host_batch, cache_dir):
+  """Compiled JAX step, its state, compile seconds, cache hit, params and FLOPs."""
+  from jaxquant import losses
+  from jaxquant import train
+  model = train.build_model(config, 2)
+  tx, schedule = train.make_optimizer(config.train, steps_per_epoch=100)
+  alpha = losses.class_weights(config.loss, host_batch["y"], host_batch["r"], 2)
+  loss_fn = losses.make_loss_fn(config.loss, alpha)
+  state = train.create_train_state(model, tx, NUM_FEATURES, config.data.window,
+                                    config.train.seed)
+  step = train.make_train_step(model, tx, loss_fn, schedule, config, 2,
+                               config.train.epochs * 100)
+  batch = jax.device_put(host_batch)
+  rng = jax.random.key(1)
+  before = cache_entries(cache_dir)
+  t0 = time.perf_counter()
+  compiled = jax.jit(step, donate_argnums=0).lower(state, batch, rng).compile()
+  compile_s = time.perf_counter() - t0
+  cached = bool(cache_dir) and cache_entries(cache_dir) == before
+  params = sum(x.size for x in jax.tree.leaves(state.params))
+  if config.model.name in ("gru", "lstm"):
+    flops, source = rnn_flops(config, len(host_batch["y"])), "analytic"
+  else:
+    flops, source = cost_flops(compiled), "XLA"
+  return {"step": compiled, "state": state, "batch": batch, "rng": rng, "alpha": alpha,
+          "compile_s": compile_s, "cached": cached, "params": params, "flops": flops,
+          "flops_source": source}
+
+
+def run_jax(j, steps):
+  """Runs `steps` steps; returns the seconds they took (synchronised)."""
+  state = j["state"]
+  t0 = time.perf_counter()
+  for _ in range(steps):
+    state, metrics = j["step"](state, j["batch"], j["rng"])
+  jax.block_until_ready((state, metrics))
+  dt = time.perf_counter() - t0
+  j["state"] = state
+  return dt
+
+
+def torch_setup(config, host_batch, alpha, compile):
+  import torch
+  from benchmarks import torch_reference
+  torch.manual_seed(0)
+  model = torch_reference.build_torch_model(config, 2, NUM_FEATURES)
+  step = torch_reference.make_torch_train_step(model, config, alpha, compile=compile)
+  tb = tuple(torch.from_numpy(host_batch[k]) for k in ("x", "y", "r"))
+  tb = (tb[0], tb[1].long(), tb[2])
+  return {"step": step, "batch": tb, "params": torch_reference.count_params(model)}
+
+
+def run_torch(t, steps):
+  t0 = time.perf_counter()
+  for _ in range(steps):
+    loss = t["step"](*t["batch"])
+  loss.item()  # CPU tensors: already computed; this just reads the value.
+  return time.perf_counter() - t0
+
+
+def steps_for(seconds_per_step, target):
+  return max(1, int(round(target / max(seconds_per_step, 1e-9))))
+
+
+def compile_policy(model, shape, args):
+  """None if torch.compile runs for this model/shape, else why it does not."""
+  if args.torch_compile == "none":
+    return "not run"
+  if args.torch_compile == "auto":
+    if args.quick:
+      return "not run (--quick)"
+    if model in ("gru", "lstm") and shape == "full":
+      return "skipped (unrolls T)"
+  return None
+
+
+def pick_torch_threads(runner, options):
+  """The faster torch intra-op thread count for this model (min of 2 single steps)."""
+  import torch
+  best = None
+  for n in options:
+    torch.set_num_threads(n)
+    run_torch(runner, 1)
+    sec = min(run_torch(runner, 1) for _ in range(2))
+    if best is None or sec < best[1]:
+      best = (n, sec)
+  torch.set_num_threads(best[0])
+  return best
+
+
+def compile_policy_text(args):
+  return {"none": "--torch_compile=none: not run",
+          "all": "--torch_compile=all: every model",
+          "auto": "--torch_compile=auto: not under --quick, where cold inductor compiles "
+                  "(0.5-6 min per model) would not fit; not GRU/LSTM at full shape, where "
+                  "inductor unrolls the T=500 recurrence"}[args.torch_compile]
+
+
+def bench_model(model, shape, args, cache_dir):
+  import torch
+  config = get_config(model, shape)
+  batch = config.train.batch_size if shape == "quick" else min(config.train.batch_size,
+                                                                args.full_batch)
+  host = make_batch(config, batch)
+  row = {"model": model, "shape": shape, "T": config.data.window, "batch": batch}
+  log(f"[{model}/{shape}] JAX: build + compile ...")
+  j = jax_setup(config, host, cache_dir)
+  row.update(params_jax=j["params"], compile_s=j["compile_s"], cached=j["cached"],
+             flops=j["flops"], flops_source=j["flops_source"])
+  log(f"[{model}/{shape}] JAX compile {j['compile_s']:.1f}s"
+      f"{' (cached)' if j['cached'] else ''}; torch eager ...")
+  runners = {"jax": (j, run_jax)}
+  te = torch_setup(config, host, j["alpha"], compile=False)
+  runners["eager"] = (te, run_torch)
+  row["params_torch"] = te["params"]
+  options = [args.torch_threads] if args.torch_threads else sorted({1, os.cpu_count() or 1})
+  row["threads"], eager_s = pick_torch_threads(te, options)
+  log(f"[{model}/{shape}] torch threads {row['threads']} ({eager_s:.3f} s/step)")
+  row["compile_torch"], row["compile_note"] = None, compile_policy(model, shape, args)
+  if row["compile_note"] is None:
+    log(f"[{model}/{shape}] torch.compile ...")
+    try:
+      tc = torch_setup(config, host, j["alpha"], compile=True)
+      t0 = time.perf_counter()
+      run_torch(tc, 1)  # Compiles (forward and backward) on the first call.
+      row["compile_torch"] = time.perf_counter() - t0
+      runners["compiled"] = (tc, run_torch)
+    except Exception as e:  # noqa: BLE001 — any inductor/dynamo failure → "n/a".
+      msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+      log(f"[{model}/{shape}] torch.compile failed: {type(e).__name__}: {msg}")
+      row["compile_note"] = f"n/a ({type(e).__name__})"
+      torch._dynamo.reset()
+
+  # Warm-up (2 steps each), then pick the steps per timed run from the warm-up speed.
+  per_step = {}
+  for name, (obj, fn) in runners.items():
+    fn(obj, 1)
+    per_step[name] = fn(obj, 1)
+  steps = {name: steps_for(s, args.target_s) for name, s in per_step.items()}
+  times = {name: [] for name in runners}
+  for _ in range(args.repeats):
+    for name, (obj, fn) in runners.items():  # Alternate: shared-machine noise hits all.
+      times[name].append(fn(obj, steps[name]) / steps[name])
+  for name in ("jax", "eager", "compiled"):
+    if name in times:
+      sec = statistics.median(times[name])
+      row[f"{name}_sps"] = batch / sec
+      row[f"{name}_spread"] = (max(times[name]) - min(times[name])) / sec
+    else:
+      row[f"{name}_sps"] = None
+  row["ratio"] = row["jax_sps"] / row["eager_sps"]
+  row["gflops"] = row["flops"] * row["jax_sps"] / batch / 1e9
+  log(f"[{model}/{shape}] JAX {row['jax_sps']:.0f}/s  eager {row['eager_sps']:.0f}/s  "
+      f"compiled {row['compiled_sps'] or float('nan'):.0f}/s  ratio {row['ratio']:.2f}")
+  del runners, j
+  torch.set_num_threads(os.cpu_count() or 1)
+  return row
+
+
+# --------------------------------------------------------------------------- report
+
+
+def fmt_sps(v):
+  if v is None:
+    return "n/a"
+  return f"{v:,.0f}" if v >= 100 else f"{v:.1f}"
+
+
+def table(rows, peak):
+  head = ("| model | shape (T, batch) | params JAX / torch | JAX samples/s | torch eager "
+          "samples/s (threads) | torch.compile samples/s (compile s) | JAX / eager | "
+          "JAX compile s | GFLOP/step (source) | JAX GFLOP/s (% of jnp.dot peak) |")
+  lines = [head, "|" + "---|" * (head.count("|") - 1)]
+  for r in rows:
+    same = "" if r["params_jax"] == r["params_torch"] else " (differ!)"
+    if r["compiled_sps"] is not None:
+      compiled = f"{fmt_sps(r['compiled_sps'])} ({r['compile_torch']:.0f})"
+    else:
+      compiled = r["compile_note"] or "n/a"
+    lines.append(
+        f"| {r['model']} | {r['shape']} ({r['T']}, {r['batch']}) | "
+        f"{r['params_jax']:,} / {r['params_torch']:,}{same} | {fmt_sps(r['jax_sps'])} | "
+        f"{fmt_sps(r['eager_sps'])} ({r['threads']}) | {compiled} | {r['ratio']:.2f} | "
+        f"{r['compile_s']:.1f}{' (cached)' if r['cached'] else ''} | "
+        f"{r['flops'] / 1e9:.3g} ({r['flops_source']}) | "
+        f"{r['gflops']:.1f} ({100 * r['gflops'] / peak:.0f} %) |")
+  return "\n".join(lines)
+
+
+def machine():
+  cpu = platform.processor() or "unknown CPU"
+  try:
+    with open("/proc/cpuinfo") as f:
+      names = re.findall(r"^model name\s*:\s*(.+)$", f.read(), re.M)
+    if names:
+      cpu = names[0].strip()
+  except OSError:
+    pass
+  return cpu, os.cpu_count()
+
+
+def write_section(path, text):
+  """Replaces (or appends) the SECTION of the markdown file `path`."""
+  body = f"{SECTION}\n\n{text.strip()}\n"
+  old = ""
+  if os.path.exists(path):
+    with open(path) as f:
+      old = f.read()
+  if not old:
+    new = f"# Performance\n\n{body}"
+  else:
+    start = old.find(SECTION + "\n")
+    if start < 0 and old.endswith(SECTION):
+      start = len(old) - len(SECTION)
+    if start < 0:
+      new = old.rstrip("\n") + "\n\n" + body
+    else:
+      nxt = re.search(r"^## ", old[start + len(SECTION):], re.M)
+      end = start + len(SECTION) + nxt.start() if nxt else len(old)
+      rest = old[end:]
+      new = old[:start] + body + ("\n" + rest if rest else "")
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w") as f:
+    f.write(new)
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--quick", action="store_true",
+                 help="quick shapes only, fewer repeats (< 3 min on 2 cores)")
+  p.add_argument("--models", default=",".join(MODELS),
+                 help=f"comma-separated subset of {','.join(MODELS)}")
+  p.add_argument("--out", default=os.path.join(ROOT, "docs", "performance.md"),
+                 help="markdown file whose section '%s' is (re)written; '' = none" % SECTION)
+  p.add_argument("--repeats", type=int, default=None,
+                 help="timed runs per framework (default 5 with --quick, else 3)")
+  p.add_argument("--target_s", type=float, default=None,
+                 help="seconds per timed run (sets steps per run; default 0.4 quick, 1 full)")
+  p.add_argument("--full_batch", type=int, default=4,
+                 help="batch of the full-scale shapes (capped by the config's batch)")
+  p.add_argument("--torch_compile", choices=("auto", "all", "none"), default="auto",
+                 help="time torch.compile too: auto = not under --quick (a cold inductor "
+                 "compile takes 0.5-6 min per model on 2 cores) and not GRU/LSTM at full "
+                 "shape (inductor unrolls the T=500 recurrence); all; none")
+  p.add_argument("--torch_threads", type=int, default=0,
+                 help="torch intra-op threads; 0 = the faster of 1 and all cores, per model")
+  p.add_argument("--cache_dir", default=os.path.join(
+      os.path.expanduser("~"), ".cache", "jaxquant", "jax_compilation_cache"),
+                 help="JAX persistent compilation cache ('' = off)")
+  args = p.parse_args(argv)
+  models = [m.strip() for m in args.models.split(",") if m.strip()]
+  unknown = sorted(set(models) - set(MODELS))
+  if unknown:
+    p.error(f"unknown model(s) {unknown}; choose from {MODELS}")
+  args.repeats = args.repeats or (5 if args.quick else 3)
+  args.target_s = args.target_s or (0.25 if args.quick else 1.0)
+  shapes = ["quick"] if args.quick else ["quick", "full"]
+
+  if args.cache_dir:
+    os.makedirs(args.cache_dir, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", args.cache_dir)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  import torch
+
+  t_start = time.time()
+  cpu, cores = machine()
+  load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+  log(f"{cpu}, {cores} cores, load {load:.1f}; jax {jax.__version__} "
+      f"({jax.default_backend()}), torch {torch.__version__} ({torch.get_num_threads()} threads)")
+  peak_jax, peak_torch = matmul_peak()
+  log(f"matmul peak: jnp.dot {peak_jax:.1f} GFLOP/s, torch.mm {peak_torch:.1f} GFLOP/s")
+
+  rows = []
+  for shape in shapes:
+    for model in models:
+      rows.append(bench_model(model, shape, args, args.cache_dir))
+  elapsed = time.time() - t_start
+  load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+
+  ratios = [r["ratio"] for r in rows]
+  geomean = math.exp(sum(math.log(x) for x in ratios) / len(ratios))
+  command = "python benchmarks/train_step.py " + " ".join(
+      sys.argv[1:] if argv is None else argv)
+  import flax
+  tab = table(rows, peak_jax)
+  spreads = max(max(r["jax_spread"], r["eager_spread"]) for r in rows)
+  notes = f"""\
+Command: `{command.strip()}` ({elapsed:.0f} s).
+Machine: {cpu}, {cores} cores (load average {load:.1f} at the start, {load_end:.1f} at the
+end: a shared machine; JAX and torch were timed in alternation so both saw the same load;
+the widest spread of a framework's repeats was {100 * spreads:.0f} % of its median).
+Versions: jax {jax.__version__} (backend {jax.default_backend()}), flax {flax.__version__},
+torch {torch.__version__} ({torch.get_num_threads()} threads), Python {platform.python_version()}.
+Matmul peak (2048³ float32, same run, median of 5): jnp.dot {peak_jax:.1f} GFLOP/s,
+torch.mm {peak_torch:.1f} GFLOP/s (the faster of 1 and {cores} threads).
+
+{tab}
+
+- samples/s: batch / median seconds per step over {args.repeats} timed runs (each of
+  several consecutive steps, about {args.target_s:g} s), after 2 warm-up steps; compile excluded.
+- JAX: `jaxquant.train.make_train_step` under `jax.jit(donate_argnums=0)` (XLA's default
+  threads); torch: the twin in `benchmarks/torch_reference.py` (same layers and parameter
+  count) with AdamW + clip_grad_norm_ + focal loss + cosine annealing, at the faster of
+  1 and {cores} intra-op threads for each model (picked in the warm-up; on a loaded
+  machine torch's {cores}-thread ops can be ~10x slower, XLA:CPU hardly changes);
+  torch.compile = inductor on model + loss, optimizer eager, same threads, compile
+  seconds in parentheses ({compile_policy_text(args)}).
+- JAX compile s: lower + compile of the step; "(cached)" = loaded from the persistent
+  compilation cache (`{args.cache_dir or 'off'}`), i.e. not a cold compile.
+- GFLOP/step: XLA's cost analysis of the compiled JAX step (all of it: forward, backward,
+  optimizer), or analytic (GRU/LSTM: 3 × forward matmul FLOPs, since XLA counts a
+  while-loop body once). JAX GFLOP/s = GFLOP/step × steps/s; % of the jnp.dot peak.
+- The torch Transformer/MoE twins compute dense T×T attention under a band mask (the
+  original's way), the JAX models blockwise O(T·w) attention; the torch MoE runs every
+  routed token (no capacity), the JAX MoE a capacity of 1.25 × the uniform share.
+- Full shapes (T=500, original widths) run at batch ≤ {args.full_batch} on a CPU; LSTM
+  uses configs/gru.py with model.name = "lstm".
+
+min JAX/eager ratio {min(ratios):.2f}, geometric mean {geomean:.2f}.
+"""
+  print(tab)
+  print()
+  if args.out:
+    write_section(args.out, notes)
+    log(f"wrote section '{SECTION}' of {args.out}")
+  print(f"min_jax_over_torch={min(ratios):.3f} geomean={geomean:.3f}")
+
+
+if __name__ == "__main__":
+  main()

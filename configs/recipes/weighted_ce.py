@@ -1,0 +1,17 @@
+"""GRU, cross-entropy with the original's flat 14.6x weight on positives.
+
+python -m jaxquant.main --config=configs/recipes/weighted_ce.py          # full scale
+python -m jaxquant.main --config=configs/recipes/weighted_ce.py:quick    # minutes on a 2-core CPU
+"""
+
+from configs import gru
+
+
+def get_config(arg=None):
+  c = gru.get_config(arg)
+  c.name = "gru-weighted_ce" + ("-quick" if arg == "quick" else "")
+  c.loss.name = "ce"
+  # A string, not a tuple: ConfigDict keeps the str type of loss.alpha, and the
+  # string form can be overridden from the command line (--config.loss.alpha=1,10).
+  c.loss.alpha = "1.0,14.6"
+  return c

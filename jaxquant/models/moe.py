@@ -1,0 +1,280 @@
+"""Mixture-of-experts feed-forward layer and the MoE Transformer.
+
+Routing is top-k softmax (Switch/GShard style) with a fixed per-expert capacity.
+Dispatch sorts the token→expert assignments by expert and scatters the token
+vectors into a dense `[E, C, d]` buffer, so memory is O(E·C·d) = O(N·k·d), not
+the O(N·E·C) of a one-hot dispatch einsum.
+"""
+
+import functools
+import math
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxquant.models.transformer import Transformer
+
+# Leaves of MoEFeedForward that hold per-expert (stacked [E, ...]) weights.
+EXPERT_PARAM_NAMES = ("w_in", "b_in", "w_out", "b_out")
+
+
+def capacity(num_tokens: int, num_experts: int, top_k: int, capacity_factor: float) -> int:
+  """Slots per expert: ceil(capacity_factor · tokens · top_k / E), within [1, tokens].
+
+  Args:
+    num_tokens: N = B·T.
+    num_experts: E.
+    top_k: experts per token.
+    capacity_factor: 1.0 = exactly a uniform share.
+
+  Returns:
+    C as a Python int (shapes must be static). More than N slots are never
+    needed: an expert gets at most one assignment per token.
+  """
+  c = math.ceil(capacity_factor * num_tokens * top_k / num_experts)
+  return int(min(max(c, 1), num_tokens))
+
+
+def route(router_logits, top_k: int):
+  """Top-k routing.
+
+  Args:
+    router_logits: [N, E] float32.
+    top_k: experts per token.
+
+  Returns:
+    probs [N, E] (softmax), expert_idx [N, k] int32 (choice 0 = most likely),
+    combine_weights [N, k] (the top-k probabilities renormalised to sum to 1).
+  """
+  probs = jax.nn.softmax(router_logits, axis=-1)
+  top_p, expert_idx = jax.lax.top_k(probs, top_k)
+  weights = top_p / jnp.sum(top_p, axis=-1, keepdims=True)
+  return probs, expert_idx, weights
+
+
+def sort_assignments(expert_idx, num_experts: int, cap: int):
+  """Orders the N·k (token, expert) assignments by expert and gives each a slot.
+
+  Priority inside an expert is choice-major: every token's first choice comes
+  before any second choice, then by token index (GShard). Assignments whose
+  slot is >= `cap` are dropped.
+
+  Example (N=3, k=2, E=2, cap=2): expert_idx = [[0, 1], [0, 1], [1, 0]].
+    Flattened choice-major (a = choice·N + token): experts [0, 0, 1, 1, 1, 0].
+    Stable argsort by expert: order = [0, 1, 5, 2, 3, 4].
+    sorted experts [0, 0, 0, 1, 1, 1]; counts [3, 3]; starts [0, 3];
+    slot = arange(6) - starts[sorted] = [0, 1, 2, 0, 1, 2] → the 3rd of each
+    expert (token 2's second choice, token 1's second choice) is dropped.
+
+  Args:
+    expert_idx: [N, k] int expert choices.
+    num_experts: E.
+    cap: capacity C per expert.
+
+  Returns:
+    dict of [N·k] arrays in sorted order: "expert", "slot", "token", "choice",
+    "keep" (slot < cap), plus "order" (indices into the choice-major
+    flattening) and "counts" [E] (assignments per expert, before dropping).
+  """
+  n, k = expert_idx.shape
+  flat_expert = expert_idx.T.reshape(-1)  # [k·N], index a = choice·N + token.
+  order = jnp.argsort(flat_expert, stable=True)  # Stable: keeps choice-major priority.
+  sorted_expert = flat_expert[order]
+  counts = jnp.bincount(flat_expert, length=num_experts)
+  starts = jnp.cumsum(counts) - counts  # First sorted index of each expert's run.
+  slot = jnp.arange(n * k) - starts[sorted_expert]
+  return {
+      "expert": sorted_expert,
+      "slot": slot,
+      "token": order % n,
+      "choice": order // n,
+      "keep": slot < cap,
+      "order": order,
+      "counts": counts,
+  }
+
+
+def _expert_mlp(params, xs, dtype):
+  """Runs every expert on its own rows: xs [E, C, d] → [E, C, d] (GELU MLP)."""
+  h = jnp.einsum("ecd,edh->ech", xs, params["w_in"].astype(dtype))
+  h = nn.gelu(h + params["b_in"].astype(dtype)[:, None, :])
+  y = jnp.einsum("ech,ehd->ecd", h, params["w_out"].astype(dtype))
+  return y + params["b_out"].astype(dtype)[:, None, :]
+
+
+def moe_dense_reference(params, x, top_k: int):
+  """Every expert on every token, combined with the router's top-k weights.
+
+  Non-selected experts get weight 0 and nothing is ever dropped, so this equals
+  `MoEFeedForward` whenever its capacity is large enough (test reference).
+
+  Args:
+    params: the MoEFeedForward's params ({"router": {...}, "w_in": ...}).
+    x: [..., d] tokens.
+    top_k: experts per token.
+
+  Returns:
+    [..., d] float32 outputs (no dropout).
+  """
+  shape = x.shape
+  xf = x.reshape(-1, shape[-1]).astype(jnp.float32)
+  logits = xf @ params["router"]["kernel"] + params["router"]["bias"]
+  _, expert_idx, weights = route(logits, top_k)
+  num_experts = params["w_in"].shape[0]
+  dense_w = jnp.zeros((xf.shape[0], num_experts), jnp.float32)
+  dense_w = dense_w.at[jnp.arange(xf.shape[0])[:, None], expert_idx].set(weights)
+  # [E, N, d]: the same token rows fed to every expert.
+  all_out = _expert_mlp(params, jnp.broadcast_to(xf, (num_experts,) + xf.shape), jnp.float32)
+  y = jnp.einsum("ne,end->nd", dense_w, all_out)
+  return y.reshape(shape)
+
+
+class MoEFeedForward(nn.Module):
+  """Top-k mixture-of-experts MLP with sort-based capacity dispatch.
+
+  Attributes:
+    num_experts: E.
+    top_k: experts per token.
+    capacity_factor: C = ceil(capacity_factor · N · top_k / E) slots per expert.
+    expert_dim: hidden width of each expert.
+    dropout: dropout on the layer output.
+    dtype: compute dtype of the experts (the router always runs in float32).
+
+  Call: `(y, extras) = layer(x [B, T, d], train=...)`, extras =
+  {"lb_loss", "z_loss", "expert_load" [E], "dropped_fraction"} (unweighted).
+  """
+  num_experts: int = 8
+  top_k: int = 2
+  capacity_factor: float = 1.25
+  expert_dim: int = 512
+  dropout: float = 0.0
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):
+    shape = x.shape
+    d, e, k = shape[-1], self.num_experts, self.top_k
+    if not 1 <= k <= e:
+      raise ValueError(f"top_k={k} must be in [1, num_experts={e}]")
+    xf = jnp.asarray(x).reshape(-1, d)  # [N, d]
+    n = xf.shape[0]
+
+    # Router in float32: small logit errors flip top-k choices.
+    router_logits = nn.Dense(e, dtype=jnp.float32, param_dtype=jnp.float32,
+                             name="router")(xf.astype(jnp.float32))
+    probs, expert_idx, weights = route(router_logits, k)
+
+    init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal",
+                                            in_axis=-2, out_axis=-1, batch_axis=(0,))
+    params = {
+        "w_in": self.param("w_in", init, (e, d, self.expert_dim), jnp.float32),
+        "b_in": self.param("b_in", nn.initializers.zeros, (e, self.expert_dim),
+                                jnp.float32),
+        "w_out": self.param("w_out", init, (e, self.expert_dim, d), jnp.float32),
+        "b_out": self.param("b_out", nn.initializers.zeros, (e, d), jnp.float32),
+    }
+
+    cap = capacity(n, e, k, self.capacity_factor)
+    a = sort_assignments(expert_idx, e, cap)
+    # Scatter token rows into [E, C, d]; dropped assignments (slot >= C) are out
+    # of bounds and mode="drop" discards them (their gradient is 0 too).
+    buf = jnp.zeros((e, cap, d), self.dtype)
+    buf = buf.at[a["expert"], a["slot"]].set(xf.astype(self.dtype)[a["token"]], mode="drop")
+    out_buf = _expert_mlp(params, buf, self.dtype)
+    # Gather each assignment's expert output back (dropped → 0), weight, and sum
+    # the k assignments of every token. A token whose assignments were all
+    # dropped gets 0 here; the residual connection carries it.
+    y_assign = out_buf.at[a["expert"], a["slot"]].get(mode="fill", fill_value=0)
+    w = weights.T.reshape(-1)[a["order"]] * a["keep"]  # Same sorted order.
+    y = jnp.zeros((n, d), jnp.float32).at[a["token"]].add(
+        w[:, None] * y_assign.astype(jnp.float32))
+    y = nn.Dropout(self.dropout, deterministic=not train)(y.astype(self.dtype))
+
+    # Switch/GShard load balancing: E · Σ_e f_e · P_e with f_e = share of tokens
+    # whose FIRST choice is e (non-differentiable) and P_e = mean router prob.
+    f = jnp.mean(jax.nn.one_hot(expert_idx[:, 0], e, dtype=jnp.float32), axis=0)
+    p_mean = jnp.mean(probs, axis=0)
+    lb_loss = e * jnp.sum(f * p_mean)
+    # Router z-loss (ST-MoE) keeps the router logits small.
+    z_loss = jnp.mean(jax.nn.logsumexp(router_logits, axis=-1) ** 2)
+    extras = {
+        "lb_loss": lb_loss,
+        "z_loss": z_loss,
+        "expert_load": a["counts"].astype(jnp.float32) / (n * k),
+        "dropped_fraction": 1.0 - jnp.mean(a["keep"].astype(jnp.float32)),
+    }
+    return y.reshape(shape), extras
+
+
+class MoETransformer(Transformer):
+  """The Transformer with every feed-forward layer replaced by `MoEFeedForward`.
+
+  Attributes (besides Transformer's):
+    num_experts: experts per layer.
+    top_k: experts per token.
+    capacity_factor: slots per expert relative to a uniform share.
+    expert_dim: hidden width of each expert; None = mlp_dim.
+    aux_loss_weight: weight of the load-balancing loss (summed over layers).
+    z_loss_weight: weight of the router z-loss (summed over layers).
+
+  Outputs add "aux_loss" = aux_loss_weight·Σ lb + z_loss_weight·Σ z and stats
+  {"expert_load" [E], "dropped_fraction", "lb_loss", "z_loss"} averaged over layers.
+  """
+  num_experts: int = 8
+  top_k: int = 2
+  capacity_factor: float = 1.25
+  expert_dim: Optional[int] = None
+  aux_loss_weight: float = 0.01
+  z_loss_weight: float = 1e-3
+
+  def ffn_factory(self, layer: int):
+    del layer
+    return functools.partial(MoEFeedForward, num_experts=self.num_experts,
+                             top_k=self.top_k, capacity_factor=self.capacity_factor,
+                             expert_dim=self.expert_dim or self.mlp_dim,
+                             dropout=self.dropout, dtype=self.dtype)
+
+  def combine_extras(self, extras: list) -> dict:
+    mean = lambda key: jnp.mean(jnp.stack([x[key] for x in extras]), axis=0)
+    total = lambda key: jnp.sum(jnp.stack([x[key] for x in extras]))
+    aux = self.aux_loss_weight * total("lb_loss") + self.z_loss_weight * total("z_loss")
+    stats = {key: mean(key) for key in ("expert_load", "dropped_fraction", "lb_loss", "z_loss")}
+    return {"aux_loss": aux.astype(jnp.float32), "stats": stats}
+
+
+def _leaves_with_names(params):
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  for path, leaf in flat:
+    names = [getattr(p, "key", getattr(p, "name", str(p))) for p in path]
+    yield names, leaf
+
+
+def count_params(params) -> int:
+  """Total number of parameters (works on arrays or jax.eval_shape structs).
+
+  Args:
+    params: a params pytree.
+
+  Returns:
+    Sum of the leaves' sizes.
+  """
+  return int(sum(int(np.prod(leaf.shape)) for _, leaf in _leaves_with_names(params)))
+
+
+def active_params(params, top_k: int, num_experts: int) -> int:
+  """Parameters used per token: total minus the (E - k)/E share of expert weights.
+
+  Args:
+    params: a params pytree (MoE expert leaves are named as in EXPERT_PARAM_NAMES).
+    top_k: experts per token.
+    num_experts: E.
+
+  Returns:
+    The active parameter count (rounded to an int).
+  """
+  expert = sum(int(np.prod(leaf.shape)) for names, leaf in _leaves_with_names(params)
+               if names and names[-1] in EXPERT_PARAM_NAMES)
+  return int(round(count_params(params) - expert * (num_experts - top_k) / num_experts))

@@ -1,0 +1,135 @@
+"""ResNet-18/34 over the 2-D feature-planes view of a window.
+
+The window `[B, T, F]` is laid out as `[B, H, W, F]` images (see
+`jaxquant.data.planes.to_planes`: bars row-major in time, one channel per
+feature) and classified by a BasicBlock ResNet followed by the original
+system's MLP head. The trunk follows google/flax examples/imagenet/models.py
+(ResNetBlock with a 1×1 projection shortcut whenever the shape changes).
+"""
+
+import functools
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from jaxquant.data.planes import to_planes
+from jaxquant.models.heads import ClassAndReturnHead
+
+ModuleDef = Any
+
+# BasicBlocks per stage; stage i has width * 2**i channels.
+STAGE_SIZES = {10: (1, 1, 1, 1), 18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
+
+# torchvision-style "pad 1" for 3×3 convolutions. XLA's "SAME" pads stride-2
+# convolutions asymmetrically on even sizes (0 before, 1 after), which would
+# shift every downsampled grid by half a cell relative to the original PyTorch
+# model; explicit symmetric padding keeps the two numerically identical.
+_PAD3 = ((1, 1), (1, 1))
+
+
+class ResNetBlock(nn.Module):
+  """BasicBlock: two 3×3 convolutions plus a (projected when needed) shortcut.
+
+  Attributes:
+    filters: output channels.
+    conv: partially applied `nn.Conv` (no bias, compute dtype set).
+    norm: partially applied `nn.BatchNorm` (train/eval mode set).
+    act: activation.
+    strides: strides of the first convolution (and of the projection).
+  """
+  filters: int
+  conv: ModuleDef
+  norm: ModuleDef
+  act: Callable
+  strides: tuple = (1, 1)
+
+  @nn.compact
+  def __call__(self, x):
+    residual = x
+    y = self.conv(self.filters, (3, 3), self.strides, padding=_PAD3)(x)
+    y = self.norm()(y)
+    y = self.act(y)
+    y = self.conv(self.filters, (3, 3), padding=_PAD3)(y)
+    # Zero-init the last BN scale (as the Flax example, Goyal et al. 2017): each
+    # block starts as the identity, which makes deep stacks stable early on.
+    y = self.norm(scale_init=nn.initializers.zeros_init())(y)
+    if residual.shape != y.shape:
+      residual = self.conv(self.filters, (1, 1), self.strides, padding="VALID",
+                           name="conv_proj")(residual)
+      residual = self.norm(name="norm_proj")(residual)
+    return self.act(residual + y)
+
+
+class ResNet(nn.Module):
+  """BasicBlock ResNet on feature planes, with the original MLP head.
+
+  Trunk: 3×3/1 stem conv → BN → ReLU → 4 stages of BasicBlocks (the first block
+  of stages 2-4 downsamples by 2) → global average pool. Head: for each size in
+  `head_features`, Dropout → Dense → BN → ReLU; then `ClassAndReturnHead`, whose
+  own leading Dropout is the head's last dropout.
+
+  Attributes:
+    depth: 10, 18 or 34 (BasicBlock stage sizes [1,1,1,1] / [2,2,2,2] / [3,4,6,3]).
+    width: base channels; the stages have width × (1, 2, 4, 8).
+    plane_width: W of the feature planes (bars per row); H = ceil(T / W).
+    head_features: hidden sizes of the MLP head ((512, 256) in the original).
+    dropout: rate of every head dropout.
+    bn_axis_name: `axis_name` of every BatchNorm, to average batch statistics
+      across devices under pmap/shard_map (None: per-device statistics).
+    num_classes: classes of the classification head.
+    dtype: compute dtype (parameters and batch statistics stay float32).
+  """
+  depth: int = 18
+  width: int = 64
+  plane_width: int = 25
+  head_features: Sequence[int] = (512, 256)
+  dropout: float = 0.3
+  bn_axis_name: str | None = None
+  num_classes: int = 2
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):
+    """Classifies windows.
+
+    Args:
+      x: `[B, T, F]` windows (F features become F input channels).
+      train: batch statistics + dropout (True) or running statistics (False).
+
+    Returns:
+      `{"logits": [B, K] float32, "ret": [B] float32, "aux_loss": () float32}`.
+    """
+    if self.depth not in STAGE_SIZES:
+      raise ValueError(f"ResNet depth must be one of {sorted(STAGE_SIZES)}, got {self.depth}")
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
+                             param_dtype=jnp.float32)
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train,
+                             momentum=0.9, epsilon=1e-5, dtype=self.dtype,
+                             param_dtype=jnp.float32, axis_name=self.bn_axis_name)
+
+    h = to_planes(x.astype(self.dtype), self.plane_width)
+    # Stem: a 3×3 stride-1 conv and no max-pool. ImageNet's 7×7/2 conv + 3×3/2
+    # pool shrinks 224² inputs 4× before the first block; our planes are only
+    # ~20×25, so that would leave a 5×7 grid for stage 1 and 1×1 by stage 4,
+    # throwing away the bar-level detail the model is meant to see.
+    h = conv(self.width, (3, 3), padding=_PAD3, name="conv_init")(h)
+    h = norm(name="bn_init")(h)
+    h = nn.relu(h)
+    for i, block_count in enumerate(STAGE_SIZES[self.depth]):
+      for j in range(block_count):
+        strides = (2, 2) if i > 0 and j == 0 else (1, 1)
+        h = ResNetBlock(self.width * 2**i, conv=conv, norm=norm, act=nn.relu,
+                        strides=strides, name=f"stage{i + 1}_block{j + 1}")(h)
+    # Pool in float32: a bf16 sum over hundreds of cells loses precision.
+    h = jnp.mean(h.astype(jnp.float32), axis=(1, 2)).astype(self.dtype)
+
+    for k, features in enumerate(tuple(self.head_features)):
+      h = nn.Dropout(self.dropout, deterministic=not train)(h)
+      h = nn.Dense(features, dtype=self.dtype, name=f"head_dense{k + 1}")(h)
+      h = norm(name=f"head_bn{k + 1}")(h)
+      h = nn.relu(h)
+    out = ClassAndReturnHead(self.num_classes, self.dropout, self.dtype, name="head")(
+        h, train=train)
+    out["aux_loss"] = jnp.zeros((), jnp.float32)
+    return out

@@ -1,0 +1,174 @@
+"""Pre-LN Transformer encoder classifier with local (banded) self-attention.
+
+The encoder block takes its feed-forward layer from a factory, so the MoE model
+(jaxquant.models.moe) reuses everything here and only swaps that layer.
+A feed-forward layer is called as `ffn(h, train=...)` and returns
+`(output, extras)`, where extras is a dict of per-layer scalars/arrays (empty
+for the dense MLP; losses and routing statistics for MoE).
+"""
+
+import functools
+from typing import Callable
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+from jaxquant.models.attention import LocalSelfAttention
+from jaxquant.models.heads import ClassAndReturnHead
+
+
+def sinusoidal_positions(seq_len: int, d_model: int):
+  """Fixed sine/cosine position encodings ("Attention Is All You Need").
+
+  Args:
+    seq_len: T.
+    d_model: width (odd widths drop the last cosine channel).
+
+  Returns:
+    [T, d_model] float32 numpy array.
+  """
+  pos = np.arange(seq_len, dtype=np.float64)[:, None]
+  half = (d_model + 1) // 2
+  freq = np.exp(-np.log(10000.0) * np.arange(half) * 2.0 / d_model)
+  ang = pos * freq[None, :]
+  enc = np.zeros((seq_len, 2 * half))
+  enc[:, 0::2] = np.sin(ang)
+  enc[:, 1::2] = np.cos(ang)
+  return enc[:, :d_model].astype(np.float32)
+
+
+class MlpBlock(nn.Module):
+  """d_model → mlp_dim (GELU, dropout) → d_model (dropout).
+
+  Returns `(y, {})` to match the feed-forward interface of `Block`.
+  """
+  mlp_dim: int = 512
+  dropout: float = 0.1
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):
+    d = x.shape[-1]
+    h = nn.Dense(self.mlp_dim, dtype=self.dtype, param_dtype=jnp.float32, name="wi")(x)
+    h = nn.gelu(h)
+    h = nn.Dropout(self.dropout, deterministic=not train)(h)
+    y = nn.Dense(d, dtype=self.dtype, param_dtype=jnp.float32, name="wo")(h)
+    return nn.Dropout(self.dropout, deterministic=not train)(y), {}
+
+
+class Block(nn.Module):
+  """Pre-LN encoder block: x + Attn(LN(x)), then x + FFN(LN(x)).
+
+  Attributes:
+    ffn_factory: called as `ffn_factory(name="ffn")` inside the block to build
+      the feed-forward module (`MlpBlock` or `MoEFeedForward` partials).
+    num_heads, window, causal, attention, head_dropout: see LocalSelfAttention.
+    dropout: dropout on the attention branch output.
+    dtype: compute dtype.
+  """
+  ffn_factory: Callable[..., nn.Module]
+  num_heads: int = 4
+  window: int = 20
+  causal: bool = False
+  attention: str = "local"
+  dropout: float = 0.1
+  head_dropout: float = 0.1
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):
+    """Returns (x [B, T, d], extras dict from the feed-forward layer)."""
+    ln = lambda name: nn.LayerNorm(dtype=self.dtype, param_dtype=jnp.float32, name=name)
+    h = LocalSelfAttention(num_heads=self.num_heads, window=self.window,
+                           causal=self.causal, head_dropout=self.head_dropout,
+                           attention=self.attention, dtype=self.dtype,
+                           name="attn")(ln("ln_attn")(x), train=train)
+    x = x + nn.Dropout(self.dropout, deterministic=not train)(h)
+    h, extras = self.ffn_factory(name="ffn")(ln("ln_ffn")(x), train=train)
+    return x + h, extras
+
+
+class Transformer(nn.Module):
+  """Encoder classifier over `[B, T, F]` windows with local self-attention.
+
+  Attributes:
+    d_model: residual width.
+    num_heads: attention heads (head_dim = d_model // num_heads).
+    num_layers: encoder blocks.
+    mlp_dim: hidden width of the feed-forward layers.
+    window: attention half-width w (|i - j| <= w).
+    causal: attend only to the past.
+    attention: "local" (blockwise band, O(T·w)) or "dense" (full T×T, for comparison).
+    positions: "learned" (nn.Embed over max_len) or "sinusoidal".
+    max_len: longest T supported by learned positions.
+    dropout: embedding / residual-branch / MLP / head dropout.
+    head_dropout: probability of dropping a whole attention head.
+    pooling: "mean" over time or "last" position.
+    num_classes: classes of the classification head.
+    dtype: compute dtype (params float32).
+  """
+  d_model: int = 128
+  num_heads: int = 4
+  num_layers: int = 4
+  mlp_dim: int = 512
+  window: int = 20
+  causal: bool = False
+  attention: str = "local"
+  positions: str = "learned"
+  max_len: int = 4096
+  dropout: float = 0.1
+  head_dropout: float = 0.1
+  pooling: str = "mean"
+  num_classes: int = 2
+  dtype: jnp.dtype = jnp.float32
+
+  def ffn_factory(self, layer: int) -> Callable[..., nn.Module]:
+    """Feed-forward module factory of block `layer` (MoETransformer overrides this)."""
+    del layer
+    return functools.partial(MlpBlock, mlp_dim=self.mlp_dim, dropout=self.dropout,
+                             dtype=self.dtype)
+
+  def combine_extras(self, extras: list) -> dict:
+    """Turns per-layer feed-forward extras into {"aux_loss", "stats"} (none for MLP)."""
+    del extras
+    return {"aux_loss": jnp.zeros((), jnp.float32), "stats": {}}
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):
+    """Args: x [B, T, F]. Returns {"logits" [B, K], "ret" [B], "aux_loss" (), "stats"}."""
+    seq_len = x.shape[1]
+    h = nn.Dense(self.d_model, dtype=self.dtype, param_dtype=jnp.float32,
+                 name="input_proj")(x.astype(self.dtype))
+    if self.positions == "learned":
+      if seq_len > self.max_len:
+        raise ValueError(f"T={seq_len} > max_len={self.max_len} of learned positions")
+      pos = nn.Embed(self.max_len, self.d_model, param_dtype=jnp.float32,
+                     embedding_init=nn.initializers.normal(0.02),
+                     name="pos_embed").embedding[:seq_len]
+    elif self.positions == "sinusoidal":
+      pos = jnp.asarray(sinusoidal_positions(seq_len, self.d_model))
+    else:
+      raise ValueError(f"positions must be 'learned' or 'sinusoidal', got {self.positions!r}")
+    h = h + pos.astype(self.dtype)[None]
+    h = nn.Dropout(self.dropout, deterministic=not train)(h)
+
+    extras = []
+    for i in range(self.num_layers):
+      h, e = Block(ffn_factory=self.ffn_factory(i), num_heads=self.num_heads,
+                   window=self.window, causal=self.causal, attention=self.attention,
+                   dropout=self.dropout, head_dropout=self.head_dropout,
+                   dtype=self.dtype, name=f"block_{i}")(h, train=train)
+      extras.append(e)
+    h = nn.LayerNorm(dtype=self.dtype, param_dtype=jnp.float32, name="ln_final")(h)
+
+    if self.pooling == "mean":
+      pooled = jnp.mean(h.astype(jnp.float32), axis=1).astype(self.dtype)
+    elif self.pooling == "last":
+      pooled = h[:, -1]
+    else:
+      raise ValueError(f"pooling must be 'mean' or 'last', got {self.pooling!r}")
+    out = ClassAndReturnHead(self.num_classes, self.dropout, self.dtype, name="head")(
+        pooled, train=train)
+    out.update(self.combine_extras(extras))
+    return out

@@ -1,0 +1,111 @@
+"""Device mesh, shardings and multi-process setup (JAX's sharding API; no pmap).
+
+The batch is split over the "data" axis; parameters and optimizer state are
+replicated, except stacked MoE expert weights, split over the "expert" axis.
+With jit + NamedShardings, XLA inserts the collectives, so BatchNorm batch
+statistics and gradients are computed over the global batch on any device count.
+"""
+
+import os
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+DATA, EXPERT = "data", "expert"
+_EXPERT_PARAMS = ("w_in", "b_in", "w_out", "b_out")
+
+
+def initialize_distributed(coordinator=None, num_processes=None, process_id=None):
+  """Starts jax.distributed when this is a multi-process run; a no-op otherwise.
+
+  Sources, in order: explicit arguments; JAXQUANT_COORDINATOR /
+  JAXQUANT_NUM_PROCESSES / JAXQUANT_PROCESS_ID (set by launch.sh --nproc); SLURM
+  (SLURM_NTASKS > 1: jax.distributed detects the cluster itself).
+  """
+  env = os.environ
+  coordinator = coordinator or env.get("JAXQUANT_COORDINATOR")
+  if coordinator:
+    jax.distributed.initialize(
+        coordinator,
+        num_processes=int(num_processes or env["JAXQUANT_NUM_PROCESSES"]),
+        process_id=int(process_id if process_id is not None else env["JAXQUANT_PROCESS_ID"]))
+  elif int(env.get("SLURM_NTASKS", "1")) > 1:
+    jax.distributed.initialize()
+
+
+def make_mesh(mesh_config):
+  """A (data, expert) mesh over all devices; -1 on an axis takes the remaining devices."""
+  n = jax.device_count()
+  data, expert = int(mesh_config.data), int(mesh_config.expert)
+  if data == -1 and expert == -1:
+    raise ValueError("config.mesh: only one of mesh.data / mesh.expert may be -1")
+  if data == -1:
+    data = n // max(expert, 1)
+  if expert == -1:
+    expert = n // max(data, 1)
+  if data * expert != n or data < 1 or expert < 1:
+    raise ValueError(f"config.mesh: data={mesh_config.data} x expert={mesh_config.expert} "
+                     f"does not cover the {n} devices")
+  return jax.make_mesh((data, expert), (DATA, EXPERT),
+                       axis_types=(jax.sharding.AxisType.Auto,) * 2)
+
+
+def batch_sharding(mesh):
+  """Leading (batch) axis split over every device of the mesh."""
+  return NamedSharding(mesh, P((DATA, EXPERT)))
+
+
+def replicated(mesh):
+  return NamedSharding(mesh, P())
+
+
+def state_shardings(state, mesh):
+  """Replicated everywhere except stacked expert weights ([E, ...]) over "expert"."""
+  experts = mesh.shape[EXPERT]
+
+  def spec(path, leaf):
+    name = str(getattr(path[-1], "key", getattr(path[-1], "name", path[-1])))
+    shape = getattr(leaf, "shape", ())
+    if (experts > 1 and name in _EXPERT_PARAMS and len(shape) >= 2
+        and shape[0] % experts == 0):
+      return NamedSharding(mesh, P(EXPERT))
+    return replicated(mesh)
+
+  return jax.tree_util.tree_map_with_path(spec, state)
+
+
+def check_batch_divides(batch_size, mesh, what="train.batch_size"):
+  """The global batch must split evenly over processes and devices."""
+  n_proc, n_dev = jax.process_count(), mesh.size
+  if batch_size % n_dev or batch_size % n_proc:
+    raise ValueError(f"config.{what}={batch_size} does not divide over {n_dev} devices "
+                     f"in {n_proc} process(es); use a multiple of {n_dev}")
+
+
+def process_slice(batch_size):
+  """The rows [start, stop) of a global batch that this process feeds."""
+  per = batch_size // jax.process_count()
+  start = jax.process_index() * per
+  return start, start + per
+
+
+def global_batch(local, sharding):
+  """Assembles a global array from this process's rows of every field of `local`."""
+  return jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local)
+
+
+def describe(mesh):
+  """One line: devices, mesh and memory, logged at start."""
+  dev = jax.local_devices()[0]
+  mem = ""
+  try:
+    stats = dev.memory_stats() or {}
+    if "bytes_limit" in stats:
+      mem = f", {stats['bytes_limit'] / 2**30:.1f} GiB per device"
+  except Exception:  # CPU devices may not report memory.
+    pass
+  return (f"{jax.device_count()} {dev.platform} device(s) in {jax.process_count()} "
+          f"process(es), mesh {dict(mesh.shape)}{mem}")
