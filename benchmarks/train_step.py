@@ -29,7 +29,6 @@ each per repeat), so a busy shared machine slows both alike.
 Shapes: "quick" = the `:quick` configs (T=64, batch 128, small widths);
 "full" = configs/<model>.py (T=500, original widths) at a small batch
 (`--full_batch`, default 4; full shapes are slow on a CPU), skipped under --quick.
-LSTM has no config of its own: it is configs/gru.py with model.name = "lstm".
 
 FLOPs of a step come from XLA's cost analysis of the compiled JAX step
 (`compiled.cost_analysis()["flops"]`), except for GRU/LSTM: XLA counts the body
@@ -75,11 +74,11 @@ def log(*a):
 
 
 def get_config(model, shape):
-  """configs/<model>.py (LSTM: configs/gru.py renamed), `:quick` for shape "quick"."""
+  """configs/<model>.py, `:quick` for shape "quick"."""
   import importlib
-  module = importlib.import_module(f"configs.{'gru' if model == 'lstm' else model}")
+  module = importlib.import_module(f"configs.{model}")
   config = module.get_config("quick" if shape == "quick" else None)
-  config.model.name = model
+  assert config.model.name == model, (model, config.model.name)
   return config
 
 
@@ -195,6 +194,10 @@ def run_jax(j, steps):
 def torch_setup(config, host_batch, alpha, compile):
   import torch
   from benchmarks import torch_reference
+  if compile:
+    # A fresh dynamo cache per model: the loss function's code object is shared, and a
+    # second shape would otherwise be recompiled with dynamic shapes.
+    torch._dynamo.reset()
   torch.manual_seed(0)
   model = torch_reference.build_torch_model(config, 2, NUM_FEATURES)
   step = torch_reference.make_torch_train_step(model, config, alpha, compile=compile)
@@ -303,8 +306,8 @@ def bench_model(model, shape, args, cache_dir):
       row[f"{name}_sps"] = None
   row["ratio"] = row["jax_sps"] / row["eager_sps"]
   row["gflops"] = row["flops"] * row["jax_sps"] / batch / 1e9
-  log(f"[{model}/{shape}] JAX {row['jax_sps']:.0f}/s  eager {row['eager_sps']:.0f}/s  "
-      f"compiled {row['compiled_sps'] or float('nan'):.0f}/s  ratio {row['ratio']:.2f}")
+  log(f"[{model}/{shape}] JAX {fmt_sps(row['jax_sps'])}/s  eager {fmt_sps(row['eager_sps'])}/s"
+      f"  compiled {fmt_sps(row['compiled_sps'])}/s  ratio {row['ratio']:.2f}")
   del runners, j
   torch.set_num_threads(os.cpu_count() or 1)
   return row
@@ -316,7 +319,7 @@ def bench_model(model, shape, args, cache_dir):
 def fmt_sps(v):
   if v is None:
     return "n/a"
-  return f"{v:,.0f}" if v >= 100 else f"{v:.1f}"
+  return f"{v:,.0f}" if v >= 100 else (f"{v:.1f}" if v >= 10 else f"{v:.2f}")
 
 
 def table(rows, peak):
@@ -352,26 +355,38 @@ def machine():
   return cpu, os.cpu_count()
 
 
-def write_section(path, text):
-  """Replaces (or appends) the SECTION of the markdown file `path`."""
-  body = f"{SECTION}\n\n{text.strip()}\n"
+SUBSECTIONS = ("### Quick shapes (`--quick`)", "### Quick and full-scale shapes")
+
+
+def write_section(path, text, subsection):
+  """Writes `text` as `subsection` of SECTION in the markdown file `path`.
+
+  Only that subsection changes: the section's other subsection (the other mode's
+  last run) and the file's other sections are kept. A missing file or section
+  is created.
+  """
   old = ""
   if os.path.exists(path):
     with open(path) as f:
       old = f.read()
-  if not old:
-    new = f"# Performance\n\n{body}"
+  start = old.find(SECTION + "\n") if old else -1
+  if start < 0 and old.endswith(SECTION):
+    start = len(old) - len(SECTION)
+  subs = {}
+  if start >= 0:
+    nxt = re.search(r"^## ", old[start + len(SECTION):], re.M)
+    end = start + len(SECTION) + nxt.start() if nxt else len(old)
+    inner = old[start + len(SECTION):end]
+    for m in re.finditer(r"^(### .*)\n((?:(?!^### ).*\n?)*)", inner, re.M):
+      subs[m.group(1).strip()] = m.group(2).strip()
+    before, after = old[:start], old[end:]
   else:
-    start = old.find(SECTION + "\n")
-    if start < 0 and old.endswith(SECTION):
-      start = len(old) - len(SECTION)
-    if start < 0:
-      new = old.rstrip("\n") + "\n\n" + body
-    else:
-      nxt = re.search(r"^## ", old[start + len(SECTION):], re.M)
-      end = start + len(SECTION) + nxt.start() if nxt else len(old)
-      rest = old[end:]
-      new = old[:start] + body + ("\n" + rest if rest else "")
+    before = old.rstrip("\n") + "\n\n" if old else "# Performance\n\n"
+    after = ""
+  subs[subsection] = text.strip()
+  order = [t for t in SUBSECTIONS if t in subs] + [t for t in subs if t not in SUBSECTIONS]
+  body = SECTION + "\n\n" + "\n\n".join(f"{t}\n\n{subs[t]}" for t in order) + "\n"
+  new = before + body + ("\n" + after if after else "")
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, "w") as f:
     f.write(new)
@@ -467,15 +482,15 @@ torch.mm {peak_torch:.1f} GFLOP/s (the faster of 1 and {cores} threads).
 - The torch Transformer/MoE twins compute dense T×T attention under a band mask (the
   original's way), the JAX models blockwise O(T·w) attention; the torch MoE runs every
   routed token (no capacity), the JAX MoE a capacity of 1.25 × the uniform share.
-- Full shapes (T=500, original widths) run at batch ≤ {args.full_batch} on a CPU; LSTM
-  uses configs/gru.py with model.name = "lstm".
+- Full shapes (T=500, original widths) run at batch ≤ {args.full_batch} on a CPU (GRU/LSTM
+  at batch 4 are latency-bound: `--full_batch=32` for the original's batch).
 
 min JAX/eager ratio {min(ratios):.2f}, geometric mean {geomean:.2f}.
 """
   print(tab)
   print()
   if args.out:
-    write_section(args.out, notes)
+    write_section(args.out, notes, SUBSECTIONS[0] if args.quick else SUBSECTIONS[1])
     log(f"wrote section '{SECTION}' of {args.out}")
   print(f"min_jax_over_torch={min(ratios):.3f} geomean={geomean:.3f}")
 

@@ -32,6 +32,7 @@ def get_config(arg=None):
   c.data.val_fraction = 0.15  # Chronological share of bars for validation...
   c.data.test_fraction = 0.15  # ...and for test (the rest, first in time, trains).
   c.data.embargo = 0  # Extra bars dropped between splits beyond the T + h gap.
+  c.data.workers = 0  # grain worker processes gathering training batches (0 = 2 threads).
   # Batch composition of the TRAINING split (val/test always keep the true ratio):
   c.data.sampler = "shuffle"  # "shuffle", "stratified", "undersample" or "oversample".
   c.data.positives_per_batch = 2  # sampler="stratified": exact positives per batch (2 of 16 in the original).

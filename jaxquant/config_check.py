@@ -42,6 +42,7 @@ def validate(config):
   _require(d.sampler != "stratified" or 0 < d.positives_per_batch < config.train.batch_size,
            "data.positives_per_batch", d.positives_per_batch,
            f"must be in [1, train.batch_size - 1] for the stratified sampler")
+  _require(d.workers >= 0, "data.workers", d.workers, "must be >= 0")
   _require(d.undersample_ratio > 0, "data.undersample_ratio", d.undersample_ratio, "must be > 0")
   _require(0 < d.oversample_fraction < 1, "data.oversample_fraction", d.oversample_fraction,
            "must be in (0, 1)")

@@ -378,7 +378,8 @@ def train_and_evaluate(config, workdir):
       partial, step_metrics = progress.get("partial"), []
       batches = loader.train_batches(ds, plan(epoch), rows=rows, skip=progress["batch"],
                                      jitter=config.data.oversample_jitter,
-                                     seed=config.train.seed, epoch=epoch)
+                                     seed=config.train.seed, epoch=epoch,
+                                     workers=config.data.workers)
       bar = tqdm(batches, total=steps - progress["batch"], leave=False, mininterval=1.0,
                  desc=f"epoch {epoch + 1}/{config.train.epochs}", disable=None if lead else True)
       bad_streak, checked = 0, 0
@@ -417,6 +418,9 @@ def train_and_evaluate(config, workdir):
       progress["collapsed_epochs"] = progress["collapsed_epochs"] + 1 if report["collapsed"] else 0
       record = _epoch_record(epoch, state, t0, train_m, report, loss_fn, probs, val.labels,
                              ds.num_classes)
+      record["samples_per_s"] = round(len(train_m["loss"]) * config.train.batch_size
+                                      / max(time.time() - t0, 1e-9), 1)
+      record["samples_per_s_per_device"] = round(record["samples_per_s"] / mesh.size, 1)
       history.append(record)
       _log_tensorboard(tb, train_m, record, int(state.step))
       if lead:
@@ -541,4 +545,6 @@ def _epoch_line(r, improved):
           f"val F1 {r['val_f1']:.3f} (all-positive {r['val_f1_baseline']:.3f}) "
           f"P {r['val_precision']:.3f} R {r['val_recall']:.3f} @ {r['val_threshold']:.3f} "
           f"[pred 0/1 {shares}]  AUC {r['val_roc_auc']:.3f}  PR-AUC {r['val_pr_auc']:.3f} "
-          f"(prior {r['val_prior']:.3f})  {r['seconds']:.0f}s{flag}")
+          f"(prior {r['val_prior']:.3f})  {r['seconds']:.0f}s "
+          f"({r['samples_per_s']:,.0f} samples/s, {r['samples_per_s_per_device']:,.0f}/device)"
+          f"{flag}")

@@ -15,7 +15,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from benchmarks import torch_reference  # noqa: E402
-from configs import gru, moe, resnet, transformer  # noqa: E402
+from configs import gru, lstm, moe, resnet, transformer  # noqa: E402
 from jaxquant import train  # noqa: E402
 
 NUM_FEATURES = 6
@@ -24,10 +24,10 @@ MODELS = ("gru", "lstm", "resnet", "transformer", "moe")
 
 
 def _config(name):
-  module = {"gru": gru, "lstm": gru, "resnet": resnet, "transformer": transformer,
+  module = {"gru": gru, "lstm": lstm, "resnet": resnet, "transformer": transformer,
             "moe": moe}[name]
   c = module.get_config("quick")
-  c.model.name = name
+  assert c.model.name == name
   c.data.window = WINDOW
   if name in ("gru", "lstm"):
     c.model.num_layers = 2  # Two layers: the inter-layer dropout and input sizes.

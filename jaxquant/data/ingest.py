@@ -48,7 +48,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import zstandard
 
-from jaxquant.data.shards import BAR_COLUMNS, SHARD_SUFFIX, ShardError, write_shard
+from jaxquant.data.shards import (BAR_COLUMNS, SHARD_SUFFIX, CheckedFileReader, ShardError,
+                                   write_shard)
 from jaxquant.io_utils import _json_default, atomic_write_bytes, atomic_write_json
 
 __all__ = [
@@ -1020,7 +1021,7 @@ def write_sample_shard(path: str | os.PathLike, samples: Any, labels: Any = None
     atomic_write_bytes(path, b.build({} if meta is None else meta, path))
 
 
-class SampleShardReader:
+class SampleShardReader(CheckedFileReader):
     """Random-access reader for a ``.jqx`` sample shard.
 
     Opening checks magic, version, header crc32 and JSON, the chunk table
@@ -1032,32 +1033,6 @@ class SampleShardReader:
       path, num_samples, shape (per sample), dtype, chunk_samples, meta,
       num_labels, labels (``[n, ...]`` array or None), has_label (``[n]`` bool).
     """
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = os.fspath(path)
-        self._fd: int | None = None
-        try:
-            self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-        except OSError as e:
-            raise self._err(f"cannot open ({e.strerror or e})") from e
-        try:
-            self._open()
-        except BaseException:
-            self.close()
-            raise
-
-    def _err(self, reason: str) -> ShardError:
-        return ShardError(f"shard {self.path}: {reason}")
-
-    def _pread(self, n: int, off: int) -> bytes:
-        parts, got = [], 0
-        while got < n:
-            p = os.pread(self._fd, n - got, off + got)
-            if not p:
-                break
-            parts.append(p)
-            got += len(p)
-        return b"".join(parts)
 
     def _open(self) -> None:
         size = os.fstat(self._fd).st_size
@@ -1195,24 +1170,6 @@ class SampleShardReader:
             out[sel] = self._chunk(int(c))[idx[sel] - c * self.chunk_samples]
         labels = None if self.labels is None else self.labels[idx].copy()
         return out, labels
-
-    def close(self) -> None:
-        """Close the file (idempotent)."""
-        if getattr(self, "_fd", None) is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    def __enter__(self) -> "SampleShardReader":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
 
 
 _NPY_MAGIC = b"\x93NUMPY"

@@ -21,7 +21,7 @@ def epoch_plan(dataset, data_config, batch_size, seed, epoch, shards=1):
       oversample_fraction=data_config.oversample_fraction, shards=shards)
 
 
-def train_batches(dataset, plan, rows=None, skip=0, jitter=0.0, seed=0, epoch=0):
+def train_batches(dataset, plan, rows=None, skip=0, jitter=0.0, seed=0, epoch=0, workers=0):
   """Training batches of one epoch, following `plan` (from epoch_plan).
 
   Args:
@@ -32,6 +32,9 @@ def train_batches(dataset, plan, rows=None, skip=0, jitter=0.0, seed=0, epoch=0)
     skip: batches of this epoch already consumed (resume at the exact batch).
     jitter: std of Gaussian noise added to oversampled copies (0 = exact copies).
     seed, epoch: seed the jitter noise, so a resumed epoch is bit-identical.
+    workers: grain worker processes gathering batches (0 = 2 threads in this
+      process). Batches are planned before the workers, so their composition and
+      order are the same for any worker count.
 
   Returns:
     An iterable of dicts x [b, T, F] float32, y [b] int32, r [b] float32.
@@ -53,6 +56,8 @@ def train_batches(dataset, plan, rows=None, skip=0, jitter=0.0, seed=0, epoch=0)
 
   ds = grain.MapDataset.source([(i, row) for i, row in enumerate(plan)])
   ds = ds[skip:].map(gather)
+  if workers:
+    return ds.to_iter_dataset().mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
   # Threads overlap the numpy gather with the jitted step.
   return ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
 

@@ -190,15 +190,10 @@ def write_shard(path: str | os.PathLike, instrument: str, timestamps: Any, bars:
 # --------------------------------------------------------------------------
 
 
-class ShardReader:
-    """Random-access reader for one ``.jqs`` shard.
+class CheckedFileReader:
+    """Open file + positional reads + errors naming the file; subclasses parse in ``_open``.
 
-    Opening validates everything except chunk contents (magic, version,
-    header crc32 and JSON, chunk table vs. file size); each chunk is verified
-    when it is read.  Use as a context manager or call :meth:`close`.
-
-    Attributes:
-      path, instrument, num_rows, columns, meta, chunk_rows.
+    Shared by the bar shards here and the sample shards of ``ingest``.
     """
 
     def __init__(self, path: str | os.PathLike):
@@ -207,14 +202,15 @@ class ShardReader:
         try:
             self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
         except OSError as e:
-            raise ShardError(f"shard {self.path}: cannot open ({e.strerror or e})") from e
+            raise self._err(f"cannot open ({e.strerror or e})") from e
         try:
             self._open()
         except BaseException:
             self.close()
             raise
 
-    # -- helpers -----------------------------------------------------------
+    def _open(self) -> None:
+        raise NotImplementedError
 
     def _err(self, reason: str) -> ShardError:
         return ShardError(f"shard {self.path}: {reason}")
@@ -229,6 +225,36 @@ class ShardReader:
             parts.append(part)
             got += len(part)
         return b"".join(parts)
+
+    def close(self) -> None:
+        """Close the file descriptor (idempotent)."""
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class ShardReader(CheckedFileReader):
+    """Random-access reader for one ``.jqs`` shard.
+
+    Opening validates everything except chunk contents (magic, version,
+    header crc32 and JSON, chunk table vs. file size); each chunk is verified
+    when it is read.  Use as a context manager or call :meth:`close`.
+
+    Attributes:
+      path, instrument, num_rows, columns, meta, chunk_rows.
+    """
 
     def _open(self) -> None:
         size = os.fstat(self._fd).st_size
@@ -370,24 +396,6 @@ class ShardReader:
     def read_all(self) -> tuple[np.ndarray, np.ndarray]:
         """Read every row; see :meth:`read`."""
         return self.read(0, self.num_rows)
-
-    def close(self) -> None:
-        """Close the file descriptor (idempotent)."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    def __enter__(self) -> "ShardReader":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
 
     def __repr__(self) -> str:
         return (f"ShardReader({self.path!r}, instrument={getattr(self, 'instrument', None)!r}, "
