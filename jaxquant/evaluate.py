@@ -22,11 +22,25 @@ from jaxquant.data import dataset as dataset_lib
 
 
 def load_config(workdir):
+  """The run's saved config, on top of today's defaults (a run saved before a
+  setting existed gets that setting's default)."""
+  from configs import default
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     raise ValueError(f"{workdir} has no config.json: not a jaxquant run directory")
   with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    saved = json.load(f)
+  config = default.get_config()
+  _merge(config, saved)
+  return config
+
+
+def _merge(config, saved):
+  for key, value in saved.items():
+    if isinstance(value, dict) and key in config and key != "model":
+      _merge(config[key], value)
+    else:  # The model section is the run's own: its keys depend on the model.
+      config[key] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
 
 
 def restore(workdir, config, step=None):

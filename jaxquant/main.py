@@ -31,8 +31,17 @@ flags.DEFINE_string("out", None, "--mode=predict: output .npz (a .csv twin is wr
 flags.DEFINE_integer("step", None, "--mode=eval: checkpoint step (default: best by val F1).")
 
 
+# --config.x=y given with --mode=eval/predict and no --config=FILE: overrides of the
+# run's saved config.json, applied in main() (absl knows no such flags then).
+_SAVED_CONFIG_OVERRIDES = []
+
+
 def parse_flags(argv):
   """absl flag parsing that turns config-override errors into one clear line."""
+  if (any(a in ("--mode=eval", "--mode=predict") for a in argv)
+      and not any(a.startswith("--config=") for a in argv)):
+    _SAVED_CONFIG_OVERRIDES.extend(a for a in argv[1:] if a.startswith("--config."))
+    argv = [a for a in argv if not a.startswith("--config.")]
   try:
     return FLAGS(argv)
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
@@ -87,14 +96,15 @@ def main(argv):
       if not FLAGS.workdir:
         sys.exit(f"error: --mode={FLAGS.mode} needs --workdir=<run directory>")
       from jaxquant import evaluate
-      config = evaluate.load_config(FLAGS.workdir)
-      config.unlock()
-      # --config.x=y overrides after --mode=eval apply to the saved config.
-      for arg in sys.argv[1:]:
-        if arg.startswith("--config.") and "=" in arg:
+      if FLAGS.config is not None:  # An explicit --config=FILE replaces the saved one.
+        config = _config_or_exit()
+      else:
+        config = evaluate.load_config(FLAGS.workdir)
+        for arg in _SAVED_CONFIG_OVERRIDES:
+          if "=" not in arg:
+            sys.exit(f"error: {arg}: expected --config.key=value")
           key, value = arg[len("--config."):].split("=", 1)
           _override(config, key, value)
-      config.lock()
       config_check.validate(config)
       if FLAGS.mode == "eval":
         evaluate.evaluate(FLAGS.workdir, config=config, step=FLAGS.step)

@@ -125,3 +125,20 @@ def test_eval_on_other_data_and_predict(signal_run, tmp_path):
   np.testing.assert_array_equal(saved["probability"], arrays["probability"])
   csv = open(str(tmp_path / "pred.csv")).read().splitlines()
   assert csv[0].startswith("instrument,timestamp,probability") and len(csv) == len(arrays["label"]) + 1
+
+
+def test_cli_eval_with_overrides_of_the_saved_config(signal_run):
+  import subprocess
+  import sys
+  workdir, report = signal_run
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  cmd = [sys.executable, "-m", "jaxquant.main", "--mode=eval", f"--workdir={workdir}",
+         "--config.eval.bootstrap=0", "--config.eval.batch_size=300"]
+  p = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300)
+  assert p.returncode == 0, p.stderr[-2000:]
+  again = json.load(open(os.path.join(workdir, "report.json")))
+  assert "bootstrap" not in again["test"]  # The override took effect...
+  np.testing.assert_allclose(again["test"]["roc_auc"], report["test"]["roc_auc"], rtol=1e-6)
+  bad = subprocess.run(cmd[:5] + ["--config.eval.bootstrapp=0"], cwd=root, capture_output=True,
+                       text=True, timeout=300)
+  assert bad.returncode != 0 and "unknown config key 'eval.bootstrapp'" in bad.stderr
