@@ -9,7 +9,6 @@ wall time per run, and how many runs collapsed. Results that don't reproduce
 across seeds are the commonest complaint about published model zoos: show the spread.
 """
 
-import json
 import math
 import os
 import sys

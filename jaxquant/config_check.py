@@ -41,7 +41,7 @@ def validate(config):
            f"use one of {sampling.SAMPLERS}")
   _require(d.sampler != "stratified" or 0 < d.positives_per_batch < config.train.batch_size,
            "data.positives_per_batch", d.positives_per_batch,
-           f"must be in [1, train.batch_size - 1] for the stratified sampler")
+           "must be in [1, train.batch_size - 1] for the stratified sampler")
   _require(d.workers >= 0, "data.workers", d.workers, "must be >= 0")
   _require(d.undersample_ratio > 0, "data.undersample_ratio", d.undersample_ratio, "must be > 0")
   _require(0 < d.oversample_fraction < 1, "data.oversample_fraction", d.oversample_fraction,
@@ -53,7 +53,7 @@ def validate(config):
   for key in ("val_fraction", "test_fraction"):
     _require(0 < d[key] < 1, f"data.{key}", d[key], "must be in (0, 1)")
   _require(d.val_fraction + d.test_fraction < 1, "data.test_fraction", d.test_fraction,
-           f"val_fraction + test_fraction must be < 1")
+           "val_fraction + test_fraction must be < 1")
   _require(config.model.name in models.names(), "model.name", config.model.name,
            f"known models: {models.names()}")
   try:

@@ -157,7 +157,6 @@ def triple_barrier_labels(close, high, low, horizon, take_profit, stop_loss,
     k_dn = np.where(hit_dn.any(axis=1), hit_dn.argmax(axis=1), no_touch)
     stop = (k_dn <= k_up) & (k_dn < no_touch)  # <=: same-bar double touch → stop-loss.
     take = (k_up < k_dn)
-    timeout = ~(stop | take)
     t = np.arange(a, b)
     exit_price = np.where(stop, lower[a:b], np.where(take, upper[a:b], close[t + horizon]))
     exit_return[a:b] = exit_price / close[a:b] - 1.0
