@@ -50,22 +50,14 @@ def load_config(spec):
 
 
 def apply_override(config, assignment):
+  """Applies one --set=key=value to a config."""
   key, sep, value = assignment.partition("=")
   if not sep:
     raise ValueError(f"--set={assignment!r}: expected key=value")
-  *parents, leaf = key.split(".")
-  node = config
-  for p in parents:
-    if p not in node:
-      raise ValueError(f"--set={assignment!r}: unknown config key {key!r}")
-    node = node[p]
-  if leaf not in node:
-    raise ValueError(f"--set={assignment!r}: unknown config key {key!r}")
-  old = node[leaf]
   try:
-    node[leaf] = (value.lower() in ("1", "true") if isinstance(old, bool) else type(old)(value))
-  except ValueError:
-    raise ValueError(f"--set={assignment!r}: expected a {type(old).__name__}") from None
+    config_check.set_value(config, key, value)
+  except config_check.ConfigError as e:
+    raise ValueError(f"--set={assignment!r}: {e}") from None
 
 
 def summarize_run(report, seconds):

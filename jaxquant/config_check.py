@@ -13,6 +13,28 @@ class ConfigError(ValueError):
   pass
 
 
+def set_value(config, key, value):
+  """Sets config.<key> (dotted) from a command-line string, cast to the field's type.
+
+  Raises:
+    ConfigError: the key does not exist or the value does not fit its type.
+  """
+  *parents, leaf = key.split(".")
+  node = config
+  for p in parents:
+    if p not in node:
+      raise ConfigError(f"unknown config key {key!r}")
+    node = node[p]
+  if leaf not in node:
+    raise ConfigError(f"unknown config key {key!r}")
+  old = node[leaf]
+  try:
+    node[leaf] = value.lower() in ("1", "true") if isinstance(old, bool) else type(old)(value)
+  except ValueError:
+    raise ConfigError(f"config.{key}={value!r} is invalid: expected a "
+                      f"{type(old).__name__}") from None
+
+
 def _require(ok, key, value, why):
   if not ok:
     raise ConfigError(f"config.{key}={value!r} is invalid: {why}")

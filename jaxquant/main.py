@@ -69,23 +69,6 @@ def _config_or_exit():
   return config
 
 
-def _override(config, key, value):
-  """Applies one --config.a.b=value to a config read back from config.json."""
-  *parents, leaf = key.split(".")
-  node = config
-  for p in parents:
-    if p not in node:
-      sys.exit(f"error: unknown config key {key!r}")
-    node = node[p]
-  if leaf not in node:
-    sys.exit(f"error: unknown config key {key!r}")
-  old = node[leaf]
-  try:
-    node[leaf] = type(old)(value) if not isinstance(old, bool) else value.lower() in ("1", "true")
-  except ValueError:
-    sys.exit(f"error: config.{key}={value!r} is invalid: expected a {type(old).__name__}")
-
-
 def main(argv):
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
   parallel.initialize_distributed()
@@ -104,7 +87,7 @@ def main(argv):
           if "=" not in arg:
             sys.exit(f"error: {arg}: expected --config.key=value")
           key, value = arg[len("--config."):].split("=", 1)
-          _override(config, key, value)
+          config_check.set_value(config, key, value)
       config_check.validate(config)
       if FLAGS.mode == "eval":
         evaluate.evaluate(FLAGS.workdir, config=config, step=FLAGS.step)
