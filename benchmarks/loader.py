@@ -171,7 +171,7 @@ def time_ours_loop(ds, max_windows):
   windows = 0
   for a in range(0, len(order) - BATCH + 1, BATCH):
     idx = order[a:a + BATCH]
-    x, y = ds.windows("train", idx), ds.splits["train"].labels[idx]
+    x, _labels = ds.windows("train", idx), ds.splits["train"].labels[idx]
     windows += len(x)
   return windows, time.perf_counter() - t0
 
@@ -201,7 +201,7 @@ def time_samples_loop(paths):
   windows = 0
   for a in range(0, len(order) - BATCH + 1, BATCH):
     xs, ys = zip(*(read_sample(paths[i], dctx) for i in order[a:a + BATCH]))
-    x, y = np.stack(xs), np.asarray(ys)
+    x, _labels = np.stack(xs), np.asarray(ys)
     windows += len(x)
   return windows, time.perf_counter() - t0
 

@@ -7,8 +7,11 @@ Writes DIR/compare.json and DIR/compare.md: val/test ROC-AUC, PR-AUC, MCC and
 F1/precision/recall at the validation-chosen threshold, as mean ± std over seeds,
 wall time per run, and how many runs collapsed. Results that don't reproduce
 across seeds are the commonest complaint about published model zoos: show the spread.
+Re-running the same command after an interruption resumes: finished runs are
+re-evaluated, not retrained, and an interrupted one continues where it stopped.
 """
 
+import json
 import math
 import os
 import sys
@@ -68,14 +71,20 @@ def summarize_run(report, seconds):
     for m in METRICS:
       row[f"{split}_{m}"] = mcc(r["confusion"]) if m == "mcc" else r[m]
     row[f"{split}_prior"] = r["prior"]
+  ci = report["test"].get("bootstrap", {}).get("roc_auc")
+  row["test_roc_auc_ci"] = [ci["lo"], ci["hi"]] if ci else None
   return row
 
 
 def aggregate(rows):
   out = {"runs": len(rows), "collapsed_runs": sum(r["collapsed"] for r in rows),
          "seconds_mean": float(np.mean([r["seconds"] for r in rows]))}
+  cis = [r["test_roc_auc_ci"] for r in rows if r.get("test_roc_auc_ci")]
+  out["test_roc_auc_cis"] = cis
+  # Runs whose test AUC interval excludes chance (0.5) from below: evidence of skill.
+  out["runs_above_chance"] = sum(lo > 0.5 for lo, _ in cis) if cis else None
   for key in rows[0]:
-    if key.startswith(("val_", "test_")):
+    if key.startswith(("val_", "test_")) and key != "test_roc_auc_ci":
       values = np.asarray([r[key] for r in rows], np.float64)
       out[key] = {"mean": float(np.nanmean(values)),
                   "std": float(np.nanstd(values, ddof=1)) if len(values) > 1 else 0.0}
@@ -85,12 +94,19 @@ def aggregate(rows):
 def to_markdown(table, seeds):
   cols = [f"{s}_{m}" for s in ("val", "test") for m in METRICS]
   head = ["config", "runs", "collapsed", "s/run"] + [c.replace("_", " ") for c in cols]
+  head += ["test ROC-AUC 95% CI per run", "runs above chance"]
   lines = [f"Mean ± std over {seeds} seed(s); F1, precision and recall at the threshold "
-           "chosen on validation; MCC from the same confusion matrix.", "",
+           "chosen on validation; MCC from the same confusion matrix. Test ROC-AUC intervals: "
+           "block bootstrap of each run's test split; a run is above chance when its whole "
+           "interval is above 0.5.", "",
            "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for name, agg in table.items():
     cells = [name, str(agg["runs"]), str(agg["collapsed_runs"]), f"{agg['seconds_mean']:.0f}"]
     cells += [f"{agg[c]['mean']:.3f} ± {agg[c]['std']:.3f}" for c in cols]
+    cis = agg.get("test_roc_auc_cis") or []
+    cells.append(" ".join(f"[{lo:.3f}, {hi:.3f}]" for lo, hi in cis) or "n/a (eval.bootstrap=0)")
+    above = agg.get("runs_above_chance")
+    cells.append("n/a" if above is None else f"{above}/{agg['runs']}")
     lines.append("| " + " | ".join(cells) + " |")
   prior = next(iter(table.values()))
   lines += ["", f"Test prior (the PR-AUC and precision of a random model): "
@@ -116,8 +132,15 @@ def compare(specs, workdir, seeds, overrides=()):
       run_dir = os.path.join(workdir, f"{c.name}-seed{seed}")
       print(f"=== {spec} seed {seed} → {run_dir}", flush=True)
       t0 = time.time()
+      # A run finished by an earlier (e.g. interrupted) comparison is only re-evaluated
+      # (train_and_evaluate resumes it): keep its original training time.
+      previous = os.path.join(run_dir, "report.json")
+      seconds = None
+      if os.path.exists(previous):
+        with open(previous) as f:
+          seconds = json.load(f).get("train_seconds")
       report = train.train_and_evaluate(c, run_dir)
-      rows.append(summarize_run(report, time.time() - t0))
+      rows.append(summarize_run(report, seconds or time.time() - t0))
     runs[spec] = rows
     table[spec] = aggregate(rows)
   io_utils.atomic_write_json(os.path.join(workdir, "compare.json"),

@@ -68,11 +68,13 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError) and e.filename is None:  # Say which file (disk full).
+            raise OSError(e.errno, e.strerror, path) from e
         raise
     _fsync_dir(directory)
 

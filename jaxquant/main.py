@@ -6,6 +6,7 @@ config values stop the run before any work, with one line naming the key.
 
 import datetime
 import os
+import signal
 import sys
 
 from absl import app
@@ -28,6 +29,8 @@ flags.DEFINE_enum("mode", "train", ["train", "eval", "predict"],
 flags.DEFINE_string("data_dir", None, "--mode=predict: shards to predict on (default: the "
                     "run's eval.data_dir, else its own data).")
 flags.DEFINE_string("out", None, "--mode=predict: output .npz (a .csv twin is written too).")
+flags.DEFINE_bool("force", False, "Resume a workdir whose checkpoints come from a different "
+                  "config or data (normally refused), under the new config.")
 flags.DEFINE_integer("step", None, "--mode=eval: checkpoint step (default: best by val F1).")
 
 
@@ -59,6 +62,18 @@ def parse_flags(argv):
     sys.exit(f"error: bad flag: {msg}")
 
 
+def _fail(message):
+  """Exits with one line on stderr. Orbax/TensorStore threads still winding down can
+  print tracebacks during interpreter shutdown after a failed restore or save; they
+  are silenced (JAXQUANT_DEBUG=1 shows them)."""
+  sys.stderr.write(f"error: {message}\n")
+  sys.stderr.flush()
+  if not os.environ.get("JAXQUANT_DEBUG"):
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+  sys.exit(1)
+
+
 def _config_or_exit():
   config = FLAGS.config
   if not isinstance(config, ml_collections.ConfigDict):
@@ -71,6 +86,9 @@ def _config_or_exit():
 
 def main(argv):
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
+  # A file-size limit (ulimit -f) then fails the write with EFBIG, reported like a
+  # full disk, instead of killing the process mid-save.
+  signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
   parallel.initialize_distributed()
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments {argv[1:]}")
@@ -102,11 +120,17 @@ def main(argv):
     print(f"Workdir: {workdir}", flush=True)
     from jaxquant import train
     try:
-      train.train_and_evaluate(config, workdir)
+      train.train_and_evaluate(config, workdir, force=FLAGS.force)
     except train.Preempted:
       return  # The checkpoint is saved and the message printed: exit 0.
   except (config_check.ConfigError, ValueError) as e:
-    sys.exit(f"error: {e}")
+    _fail(e)
+  except OSError as e:
+    from jaxquant import checkpoints
+    if not checkpoints.is_disk_full(e):
+      raise
+    where = f" (writing {e.filename}; the file it replaces is intact)" if e.filename else ""
+    _fail(f"{e.strerror}{where}")
 
 
 if __name__ == "__main__":

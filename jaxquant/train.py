@@ -271,6 +271,24 @@ def run_fingerprint(config, ds, data_dir):
   return json.loads(json.dumps(fingerprint))  # As it reads back from the checkpoint.
 
 
+def fingerprint_diff(saved, current, limit=5):
+  """The keys where two fingerprints differ, as 'key: saved -> current' strings."""
+  def flat(tree, prefix=""):
+    if isinstance(tree, dict):
+      out = {}
+      for k, v in tree.items():
+        out.update(flat(v, f"{prefix}{k}."))
+      return out
+    return {prefix[:-1]: tree}
+  a, b = flat(saved or {}), flat(current)
+  name = lambda k: k[len("config."):] if k.startswith("config.") else k
+  diffs = [f"{name(k)}: {a.get(k, '(absent)')!r} -> {b.get(k, '(absent)')!r}"
+           for k in sorted(set(a) | set(b)) if a.get(k, None) != b.get(k, None)]
+  if len(diffs) > limit:
+    diffs = diffs[:limit] + [f"... {len(diffs) - limit} more"]
+  return diffs
+
+
 class _Preemption:
   """SIGTERM/SIGINT set a flag; the loop saves a checkpoint and exits cleanly.
 
@@ -298,11 +316,13 @@ class Preempted(Exception):
   pass
 
 
-def train_and_evaluate(config, workdir):
+def train_and_evaluate(config, workdir, force=False):
   """Trains, keeps the best-F1 checkpoints, then evaluates the best on the test split.
 
   Re-running with the same workdir and config resumes from the latest checkpoint
   (at the exact batch where it stopped). Raises Preempted after saving on SIGTERM.
+  A workdir whose checkpoints come from another config or data is refused unless
+  `force` (then it resumes from them under the new config, if the shapes fit).
 
   Returns:
     The report dict (also written to workdir/report.json).
@@ -350,13 +370,25 @@ def train_and_evaluate(config, workdir):
   if store.latest_step() is not None:
     meta = store.restore_meta(store.latest_step())
     if meta.get("fingerprint") != fingerprint:
-      raise ValueError(f"workdir {workdir} holds checkpoints of a different config or data; "
-                       "use another --workdir (or delete it)")
-    state, meta = store.restore(store.latest_step(), checkpoints_lib.abstract_like(state))
+      diff = "; ".join(fingerprint_diff(meta.get("fingerprint"), fingerprint))
+      if not force:
+        raise ValueError(f"workdir {workdir} holds checkpoints of a different config or data "
+                         f"({diff}); use another --workdir, or --force to resume them "
+                         "under this config")
+      log(f"WARNING: --force: resuming checkpoints of a different config or data ({diff})")
+    try:
+      state, meta = store.restore(store.latest_step(), checkpoints_lib.abstract_like(state))
+    except Exception as e:  # Orbax reports a shape/structure mismatch in many ways.
+      raise ValueError(f"workdir {workdir}: its latest checkpoint (step {store.latest_step()}) "
+                       f"does not fit this model ({str(e).split('. ')[0][:200]})") from e
     progress = meta["progress"]
-    history = history[:progress["epoch"]]
     log(f"Resuming at epoch {progress['epoch'] + 1}, batch {progress['batch']} "
         f"(step {int(state.step)})")
+  if len(history) > progress["epoch"]:  # Epochs logged, then killed before their save.
+    history = history[:progress["epoch"]]
+    if lead:
+      io_utils.atomic_write_text(os.path.join(workdir, "metrics.jsonl"),
+                                 "".join(json.dumps(r) + "\n" for r in history))
   state = runner.place_state(state)
   if lead:
     io_utils.atomic_write_text(os.path.join(workdir, "config.json"),
@@ -370,10 +402,16 @@ def train_and_evaluate(config, workdir):
   stop_reason = "completed all epochs"
 
   def save(step_state, meta, score):
-    store.save(int(step_state.step), step_state, meta, score)
+    store.save(int(step_state.step), step_state, meta, score)  # Raises DiskFull.
+
+  first_epoch = progress["epoch"]
+  finished = _finished_reason(progress, config, history[-1] if history else {})
+  if finished:  # Re-run of a run that already stopped: evaluate, do not train on.
+    stop_reason, first_epoch = finished, config.train.epochs
+    log(f"Already stopped ({stop_reason}); evaluating its best checkpoint.")
 
   with _Preemption() as preemption:
-    for epoch in range(progress["epoch"], config.train.epochs):
+    for epoch in range(first_epoch, config.train.epochs):
       t0 = time.time()
       partial, step_metrics = progress.get("partial"), []
       batches = loader.train_batches(ds, plan(epoch), rows=rows, skip=progress["batch"],
@@ -448,6 +486,22 @@ def train_and_evaluate(config, workdir):
                            train_seconds=time.time() - t_start)
 
 
+def _finished_reason(progress, config, last_record):
+  """Why a resumed run had already stopped before its last epoch (None if it had not).
+
+  The stop tests of the loop run after the epoch's checkpoint is saved, so a re-run
+  of an early-stopped run would otherwise train one epoch more."""
+  if progress["batch"]:  # Preempted mid-epoch: not stopped.
+    return None
+  if progress["collapsed_epochs"] >= config.eval.collapse_patience:
+    why = last_record.get("val_collapse_reason") or "collapsed"
+    return (f"collapsed: the model {why} on validation for {progress['collapsed_epochs']} "
+            "epochs in a row")
+  if progress["bad_epochs"] >= config.train.patience:
+    return f"early stopping: no better validation F1 for {progress['bad_epochs']} epochs"
+  return None
+
+
 def _log_tensorboard(tb, train_m, record, last_step):
   """Per-step training scalars (from the epoch's collected metrics: no extra host
   sync during the epoch) and the epoch's validation metrics and model stats."""
@@ -489,6 +543,8 @@ def _stack_host(partial, step_metrics):
 
 def _epoch_record(epoch, state, t0, train_m, report, loss_fn, probs, labels, num_classes):
   good = train_m["skipped"] == 0
+  first = int(state.step) - len(good) + 1  # Optimizer step of the epoch's first batch.
+  skipped_at = [first + int(j) for j in np.flatnonzero(~good)[:20]]
   model_stats = {k: v[good].mean(0).tolist() if good.any() else None
                  for k, v in train_m.items() if k not in _STEP_KEYS}
   mean = lambda k: float(train_m[k][good].mean()) if good.any() else float("nan")
@@ -496,6 +552,7 @@ def _epoch_record(epoch, state, t0, train_m, report, loss_fn, probs, labels, num
           "train_loss": mean("loss"), "train_class_loss": mean("class_loss"),
           "train_return_loss": mean("return_loss"), "grad_norm": mean("grad_norm"),
           "lr": float(train_m["lr"][-1]), "skipped_steps": int((~good).sum()),
+          "skipped_at": skipped_at,
           "mixup_share": float(train_m["mixup"].mean()), **model_stats,
           "val_loss": split_loss(loss_fn, probs, labels, num_classes),
           **{f"val_{k}": v for k, v in report.items()}}
@@ -540,6 +597,9 @@ def _epoch_line(r, improved):
     flag = f"  COLLAPSED: {r['val_collapse_reason']} — not eligible as best"
   elif improved:
     flag = "  * best so far (saved)"
+  if r["skipped_steps"]:
+    at = ", ".join(map(str, r["skipped_at"])) + (", ..." if r["skipped_steps"] > 20 else "")
+    flag += f"  SKIPPED {r['skipped_steps']} non-finite step(s): {at}"
   shares = "/".join(f"{s:.0%}" for s in r["val_class_shares"])
   return (f"epoch {r['epoch']:3d}  loss {r['train_loss']:.4f}  val_loss {r['val_loss']:.4f}  "
           f"val F1 {r['val_f1']:.3f} (all-positive {r['val_f1_baseline']:.3f}) "

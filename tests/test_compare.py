@@ -28,6 +28,21 @@ def test_aggregate_mean_and_sample_std():
   assert agg["runs"] == 2 and agg["collapsed_runs"] == 1 and agg["seconds_mean"] == 2.0
   np.testing.assert_allclose(agg["val_f1"]["mean"], 0.3)
   np.testing.assert_allclose(agg["val_f1"]["std"], np.std([0.2, 0.4], ddof=1))
+  assert agg["runs_above_chance"] is None  # No intervals (eval.bootstrap=0).
+
+
+def test_runs_above_chance_need_the_whole_interval_above_half():
+  rows = [{"seconds": 1.0, "collapsed": False, "test_f1": 0.1, "test_roc_auc_ci": ci}
+          for ci in ([0.51, 0.60], [0.49, 0.58], [0.40, 0.499])]
+  agg = compare.aggregate(rows)
+  assert agg["runs_above_chance"] == 1
+  assert agg["test_roc_auc_cis"] == [[0.51, 0.60], [0.49, 0.58], [0.40, 0.499]]
+  assert "test_roc_auc_ci" not in agg
+  agg["test_prior"] = {"mean": 0.1, "std": 0.0}
+  for key in [f"{s}_{m}" for s in ("val", "test") for m in compare.METRICS]:
+    agg.setdefault(key, {"mean": 0.0, "std": 0.0})
+  md = compare.to_markdown({"x": agg}, 3)
+  assert "[0.510, 0.600] [0.490, 0.580] [0.400, 0.499] | 1/3 |" in md
 
 
 def test_compare_two_seeds_end_to_end(tmp_path, monkeypatch):
@@ -44,4 +59,4 @@ def test_compare_two_seeds_end_to_end(tmp_path, monkeypatch):
   aucs = [r["test_roc_auc"] for r in runs]
   np.testing.assert_allclose(row["test_roc_auc"]["mean"], np.mean(aucs))
   md = open(tmp_path / "cmp" / "compare.md").read()
-  assert "weighted_ce" in md and "±" in md
+  assert "weighted_ce" in md and "±" in md and "n/a (eval.bootstrap=0)" in md

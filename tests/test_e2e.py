@@ -142,3 +142,16 @@ def test_cli_eval_with_overrides_of_the_saved_config(signal_run):
   bad = subprocess.run(cmd[:5] + ["--config.eval.bootstrapp=0"], cwd=root, capture_output=True,
                        text=True, timeout=300)
   assert bad.returncode != 0 and "unknown config key 'eval.bootstrapp'" in bad.stderr
+
+
+def test_rerun_of_an_early_stopped_run_trains_no_further(tmp_path):
+  config = tiny_config(tmp_path / "data", signal=0.0, days=8, epochs=12)
+  config.train.patience = 1
+  workdir = str(tmp_path / "run")
+  first = train.train_and_evaluate(config, workdir)
+  assert first["stop_reason"].startswith("early stopping"), first["stop_reason"]
+  metrics = open(os.path.join(workdir, "metrics.jsonl")).read()
+  again = train.train_and_evaluate(config, workdir)
+  assert open(os.path.join(workdir, "metrics.jsonl")).read() == metrics  # No epoch added.
+  assert again["stop_reason"] == first["stop_reason"]
+  assert json.dumps(again["test"], sort_keys=True) == json.dumps(first["test"], sort_keys=True)

@@ -71,22 +71,140 @@ def test_sigterm_saves_and_resume_is_identical(reference, tmp_path, sig=signal.S
   # A different config must not resume this run...
   p = subprocess.run(_cmd(workdir, data, "--config.train.lr=0.01"), cwd=ROOT,
                      capture_output=True, text=True, timeout=300)
-  assert p.returncode != 0
-  assert "different config" in p.stderr and "Traceback" not in p.stderr
+  assert p.returncode != 0 and "Traceback" not in p.stderr
+  err = p.stderr.strip().splitlines()[-1]
+  assert "different config" in err and "(train.lr: 0.002 -> 0.01)" in err and "--force" in err
   # ...the same one continues exactly where it stopped.
   resumed = _run(_cmd(workdir, data))
   assert "Resuming at epoch" in resumed
   assert _results(workdir) == expected
+  # --force resumes under a changed config (here: one more epoch at another lr)...
+  forced = _run(_cmd(workdir, data, "--config.train.epochs=3", "--config.train.lr=0.001",
+                     "--force"))
+  assert "--force: resuming" in forced and "Resuming at epoch 3" in forced
+  rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert [r["epoch"] for r in rows] == [1, 2, 3]
+  # ...but not into a model the checkpoint does not fit.
+  p = subprocess.run(_cmd(workdir, data, "--config.model.hidden=12", "--config.train.epochs=4",
+                          "--force"), cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert p.returncode != 0 and "Traceback" not in p.stderr
+  assert "does not fit this model" in p.stderr.strip().splitlines()[-1]
 
 
-def test_sigkill_then_resume_is_identical(reference, tmp_path):
+def test_sigkill_during_a_checkpoint_write_then_resume_is_identical(reference, tmp_path):
+  """SIGKILL while the first checkpoint is being written (epoch 1's metrics line is
+  already in metrics.jsonl): the re-run finds no complete checkpoint, starts over
+  without the orphaned line, never reads the half-written step, and ends identical.
+  (Kills at random points, including later saves: benchmarks/soak.py.)"""
   data, expected = reference
   workdir = str(tmp_path / "run")
-  _kill_after_start(_start(_cmd(workdir, data)), signal.SIGKILL, 4.0)
-  _run(_cmd(workdir, data))
+  ckpt = os.path.join(workdir, "checkpoints")
+  proc = _start(_cmd(workdir, data))
+  deadline = time.time() + 240
+  while proc.poll() is None and time.time() < deadline:
+    names = os.listdir(ckpt) if os.path.isdir(ckpt) else []
+    if any("tmp" in n for n in names):
+      proc.kill()
+      break
+    time.sleep(0.001)
+  proc.wait(timeout=60)
+  assert proc.returncode == -signal.SIGKILL, "the run ended before it saved"
+  assert len(open(os.path.join(workdir, "metrics.jsonl")).readlines()) == 1
+  resumed = _run(_cmd(workdir, data))
+  assert "Resuming" not in resumed
   assert _results(workdir) == expected
   # No half-written checkpoint is left behind for anyone to read.
-  leftovers = [d for d in os.listdir(os.path.join(workdir, "checkpoints"))
-               if "tmp" in d.lower()]
+  leftovers = [d for d in os.listdir(ckpt) if "tmp" in d.lower()]
   assert not leftovers, leftovers
 
+
+def test_disk_full_while_saving_keeps_earlier_checkpoints(tmp_path):
+  """A write limit (RLIMIT_FSIZE, set on the running process once the first
+  checkpoint is saved) makes the next checkpoint's larger files fail with EFBIG, as
+  a full disk fails them with ENOSPC: one clear line, the half-written step removed,
+  the first one intact, and the same command resumes from it."""
+  import resource
+  workdir, data = str(tmp_path / "run"), str(tmp_path / "data")
+  cmd = _cmd(workdir, data, "--config.model.hidden=64")  # ~50-150 KB checkpoint files.
+  proc = _start(cmd)
+  for line in proc.stdout:
+    if line.startswith("epoch   1"):
+      break
+  resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (32 * 1024, 32 * 1024))
+  out = proc.stdout.read()
+  assert proc.wait(timeout=120) == 1, out[-3000:]
+  last = out.strip().splitlines()[-1]
+  assert last.startswith("error: disk full while saving checkpoint step"), out[-3000:]
+  assert "File too large" in last and "earlier checkpoints are intact" in last
+  assert "Traceback" not in out
+  steps = os.listdir(os.path.join(workdir, "checkpoints"))
+  assert len(steps) == 1 and steps[0].isdigit(), steps  # Nothing half-written left.
+  resumed = _run(cmd)
+  assert f"Resuming at epoch 2, batch 0 (step {steps[0]})" in resumed
+  rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert [r["epoch"] for r in rows] == [1, 2]  # The epoch whose save failed is not doubled.
+
+
+def test_grain_workers_do_not_outlive_a_killed_run(reference, tmp_path):
+  data, _ = reference
+  proc = _start(_cmd(str(tmp_path / "run"), data, "--config.data.workers=2",
+                     "--config.train.epochs=20"))
+  for line in proc.stdout:
+    if line.startswith("Model "):
+      break
+
+  def children(pid):
+    out = []
+    for d in filter(str.isdigit, os.listdir("/proc")):
+      try:
+        with open(f"/proc/{d}/stat") as f:
+          if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+            out.append(int(d))
+      except (OSError, IndexError):
+        pass
+    return out
+
+  def workers(pids):
+    out = []
+    for k in pids:
+      try:
+        with open(f"/proc/{k}/cmdline") as f:
+          if "multiprocessing.spawn" in f.read():
+            out.append(k)
+      except OSError:
+        pass
+    return out
+
+  deadline = time.time() + 60
+  kids = []
+  while len(workers(kids)) < 2 and time.time() < deadline:  # The epoch's 2 workers are up.
+    time.sleep(0.1)
+    kids = children(proc.pid)
+  assert len(workers(kids)) == 2, kids
+  proc.kill()
+  proc.wait(timeout=60)
+  deadline = time.time() + 30
+  while time.time() < deadline and any(os.path.exists(f"/proc/{k}") for k in kids):
+    time.sleep(0.2)
+  alive = [k for k in kids if os.path.exists(f"/proc/{k}")
+           and open(f"/proc/{k}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"]
+  for k in alive:
+    os.kill(k, signal.SIGKILL)
+  assert not alive, f"processes left running after the run was killed: {alive}"
+
+
+def test_random_shard_corruptions_all_give_a_clear_error(tmp_path):
+  """A short version of benchmarks/soak.py part 2: every corrupted copy of a shard
+  directory, loaded through the training pipeline, fails with an error naming the
+  file — no hang, no garbage batch."""
+  import random
+  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+  import soak
+  from jaxquant.data import synth
+  synth.write_market(str(tmp_path / "data"), instruments=2, days=6, signal=1.0, seed=0,
+                     progress=False)
+  rows = soak.corruption_trials(18, str(tmp_path), random.Random(0), cli_every=0,
+                                log=lambda *a: None)
+  assert {r["kind"] for r in rows} == set(soak.CORRUPTIONS)
+  assert all(r["outcome"] == "clear error" for r in rows), [r for r in rows
+                                                           if r["outcome"] != "clear error"]

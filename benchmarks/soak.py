@@ -1,0 +1,354 @@
+"""Fault-injection soak: kill runs at random points and corrupt their input shards.
+
+    python benchmarks/soak.py                      # 12 kill trials + 300 corrupt inputs
+    python benchmarks/soak.py --kills=4 --corruptions=60 --out=   # quicker, no docs update
+
+Part 1, kills. A tiny GRU run (2 instruments x 6 days, T=16, 3 epochs of batch
+32) is trained once uninterrupted as the reference. Each trial then runs the same
+command and interrupts it 1-3 times — SIGTERM, SIGINT or SIGKILL at a random time
+after training starts, or SIGKILL the moment a checkpoint directory is being
+written ("KILL@save") — re-running the same command after each interruption, and
+finally lets it finish. A trial counts as identical when every epoch's metrics
+(train/val loss, val F1, AUC, threshold, step) and the test report match the
+reference exactly; a run that does not end within its timeout counts as a hang.
+
+Part 2, corrupt inputs. Copies of the run's shard directory get one random
+corruption in one shard: 1-8 random bit flips, a truncation at a random length,
+a zeroed 64-byte span, trailing garbage, an empty file, or a newer format
+version. Each copy is loaded through the training pipeline in-process
+(`build_dataset` and every window of every split, under a 60 s alarm) and
+classified: a clear error (a ValueError naming the corrupted file), an unclear
+error (any other exception, or one that does not name the file), garbage (no
+error, but data that differs from the clean copy), harmless (no error and data
+identical: should never happen, every byte is checksummed) or a hang. A few copies
+also go through the command line (`python -m jaxquant.main`), which must exit
+non-zero with one `error:` line and no traceback.
+
+The table goes to stdout and, with --out (default docs/robustness.md), into that
+file's "## Soak" section. Last line: `identical=<a>/<b> clear_errors=<c>/<d> hangs=<e>`.
+"""
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+
+KEYS = ("train_loss", "val_loss", "val_f1", "val_roc_auc", "val_threshold", "step")
+CORRUPTIONS = ("bit_flips", "truncate", "zero_span", "trailing_garbage", "empty", "newer_version")
+TINY = ("--config.data.synth.days=6", "--config.data.synth.instruments=2",
+        "--config.data.window=16", "--config.model.hidden=8", "--config.train.epochs=3",
+        "--config.train.batch_size=32", "--config.eval.bootstrap=0",
+        "--config.eval.tensorboard=false")
+
+
+def run_command(workdir, data_dir, *extra):
+  return [sys.executable, "-m", "jaxquant.main", "--config=configs/gru.py:quick",
+          f"--workdir={workdir}", f"--config.data.dir={data_dir}", *TINY, *extra]
+
+
+def results(workdir):
+  """(per-epoch metrics, test metrics) of a finished run: what must match exactly."""
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  with open(os.path.join(workdir, "report.json")) as f:
+    test = json.load(f)["test"]
+  return ([{k: r[k] for k in KEYS} for r in rows],
+          {k: test[k] for k in ("roc_auc", "pr_auc", "f1", "confusion")})
+
+
+def _finish(cmd, timeout):
+  p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+  if p.returncode != 0:
+    raise RuntimeError(f"run failed (exit {p.returncode}): {p.stderr.strip()[-500:]}")
+  return p.stdout
+
+
+def _interrupt(cmd, mode, delay, timeout):
+  """Starts `cmd` and interrupts it: `mode` is a signal name, or KILL@save."""
+  proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True)
+  lines = []
+  for line in proc.stdout:  # Wait for training to start (data and compile done).
+    lines.append(line)
+    if line.startswith(("Model ", "Already stopped")):
+      break
+  if mode == "KILL@save":
+    ckpt = os.path.join(cmd[4].split("=", 1)[1], "checkpoints")
+
+    def watch():
+      deadline = time.time() + timeout
+      while proc.poll() is None and time.time() < deadline:
+        try:
+          if any("tmp" in n for n in os.listdir(ckpt)):
+            proc.kill()
+            return
+        except OSError:
+          pass
+        time.sleep(0.001)
+    threading.Thread(target=watch, daemon=True).start()
+  else:
+    def send():
+      time.sleep(delay)
+      if proc.poll() is None:
+        proc.send_signal(getattr(signal, mode))
+    threading.Thread(target=send, daemon=True).start()
+  try:
+    out = proc.stdout.read()
+    proc.wait(timeout=timeout)
+  except subprocess.TimeoutExpired:
+    proc.kill()
+    raise
+  return proc.returncode, "".join(lines) + out
+
+
+def kill_trials(n, root, rng, timeout=300, log=print):
+  """Part 1. Returns (rows, reference seconds)."""
+  data = os.path.join(root, "data")
+  ref_dir = os.path.join(root, "reference")
+  t0 = time.time()
+  _finish(run_command(ref_dir, data), timeout)
+  ref_seconds = time.time() - t0
+  expected = results(ref_dir)
+  rows = []
+  for trial in range(n):
+    workdir = os.path.join(root, f"trial{trial}")
+    cmd = run_command(workdir, data)
+    plan = [rng.choice(["SIGTERM", "SIGINT", "SIGKILL", "KILL@save"])
+            for _ in range(rng.randint(1, 3))]
+    events, outcome = [], None
+    try:
+      for mode in plan:
+        delay = rng.uniform(0.0, 0.8 * ref_seconds)
+        code, _ = _interrupt(cmd, mode, delay, timeout)
+        events.append(f"{mode}" + ("" if mode == "KILL@save" else f"@{delay:.1f}s")
+                      + f"→{code}")
+      _finish(cmd, timeout)
+      outcome = "identical" if results(workdir) == expected else "DIFFERENT"
+    except subprocess.TimeoutExpired:
+      outcome = "HANG"
+    except Exception as e:  # Reported in the table, not raised: a soak counts failures.
+      outcome = f"FAILED: {str(e)[:200]}"
+    rows.append({"trial": trial, "interruptions": ", ".join(events), "outcome": outcome})
+    log(f"kill trial {trial}: {rows[-1]['interruptions']} → {outcome}")
+    shutil.rmtree(workdir, ignore_errors=True)
+  return rows, ref_seconds
+
+
+def corrupt(path, kind, rng):
+  """Applies one corruption of `kind` to the file at `path`; returns a description."""
+  with open(path, "rb") as f:
+    data = bytearray(f.read())
+  if kind == "bit_flips":
+    flips = [rng.randrange(len(data) * 8) for _ in range(rng.randint(1, 8))]
+    for bit in flips:
+      data[bit // 8] ^= 1 << (bit % 8)
+    what = f"{len(flips)} bit flip(s) at byte(s) {sorted({b // 8 for b in flips})[:4]}"
+  elif kind == "truncate":
+    size = rng.randrange(len(data))
+    what = f"truncated to {size} of {len(data)} bytes"
+    data = data[:size]
+  elif kind == "zero_span":
+    at = rng.randrange(max(len(data) - 64, 1))
+    data[at:at + 64] = bytes(len(data[at:at + 64]))
+    what = f"64 bytes zeroed at {at}"
+  elif kind == "trailing_garbage":
+    extra = bytes(rng.randrange(256) for _ in range(rng.randint(1, 64)))
+    data += extra
+    what = f"{len(extra)} garbage bytes appended"
+  elif kind == "empty":
+    data = bytearray()
+    what = "emptied"
+  elif kind == "newer_version":
+    data[8:12] = (2).to_bytes(4, "little")  # u32 version after the 8-byte magic.
+    what = "format version set to 2"
+  else:
+    raise ValueError(kind)
+  if kind == "zero_span" and data == bytearray(open(path, "rb").read()):
+    what += " (already zero)"
+  with open(path, "wb") as f:
+    f.write(bytes(data))
+  return what
+
+
+def _load_everything(data_dir, data_config):
+  """All that training reads from a shard directory: features, labels, every window."""
+  from jaxquant.data import dataset as dataset_lib
+  ds = dataset_lib.build_dataset(data_config, data_dir)
+  out = {"features": ds.features}
+  for name, split in ds.splits.items():
+    out[f"{name}_labels"] = split.labels
+    out[f"{name}_windows"] = ds.windows(name, np.arange(len(split)))
+  return out
+
+
+class _Alarm(Exception):
+  pass
+
+
+def corruption_trials(n, root, rng, cli_every=25, log=print):
+  """Part 2. Returns rows, one per corrupted copy."""
+  from configs import gru
+  data_config = gru.get_config("quick").data
+  data_config.source = "shards"
+  data_config.window = 16
+  clean_dir = os.path.join(root, "data")
+  clean = _load_everything(clean_dir, data_config)
+  shards = sorted(f for f in os.listdir(clean_dir) if f.endswith(".jqs"))
+
+  def on_alarm(*_):
+    raise _Alarm()
+  old = signal.signal(signal.SIGALRM, on_alarm)
+  rows = []
+  try:
+    for i in range(n):
+      kind = CORRUPTIONS[i % len(CORRUPTIONS)]
+      copy = os.path.join(root, f"corrupt{i}")
+      shutil.copytree(clean_dir, copy)
+      name = rng.choice(shards)
+      what = corrupt(os.path.join(copy, name), kind, rng)
+      signal.alarm(60)
+      try:
+        got = _load_everything(copy, data_config)
+        same = all(np.array_equal(got[k], clean[k]) for k in clean) and got.keys() == clean.keys()
+        outcome = "HARMLESS (identical data)" if same else "GARBAGE (no error, wrong data)"
+        message = ""
+      except _Alarm:
+        outcome, message = "HANG", ""
+      except ValueError as e:
+        message = str(e)
+        outcome = "clear error" if name in message else "UNCLEAR (file not named)"
+      except Exception as e:  # Anything but our ValueErrors is a defect: count it.
+        message = f"{type(e).__name__}: {e}"
+        outcome = "UNCLEAR (unexpected exception)"
+      finally:
+        signal.alarm(0)
+      cli = ""
+      if cli_every and i % cli_every == 0:
+        cli = _cli_check(copy, root)
+        if cli != "one line":
+          outcome = f"UNCLEAR (command line: {cli})"
+      rows.append({"i": i, "kind": kind, "file": name, "corruption": what, "outcome": outcome,
+                   "message": message.splitlines()[0][:200] if message else "", "cli": cli})
+      if not outcome.startswith("clear"):
+        log(f"corruption {i}: {kind} {name} {what} → {outcome} {message[:200]}")
+      shutil.rmtree(copy, ignore_errors=True)
+  finally:
+    signal.signal(signal.SIGALRM, old)
+  return rows
+
+
+def _cli_check(data_dir, root):
+  """The command line on a corrupt directory: 'one line' when it fails cleanly."""
+  cmd = run_command(os.path.join(root, "cli-run"), data_dir, "--config.data.source=shards")
+  try:
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  except subprocess.TimeoutExpired:
+    return "hang"
+  finally:
+    shutil.rmtree(os.path.join(root, "cli-run"), ignore_errors=True)
+  lines = p.stderr.strip().splitlines()
+  if p.returncode == 0:
+    return "exit 0"
+  if "Traceback" in p.stderr or not lines or not lines[-1].startswith("error: "):
+    return "traceback or no error line"
+  return "one line"
+
+
+def to_markdown(kills, ref_seconds, corruptions, command, seconds, load):
+  lines = [f"Command: `{command}` ({seconds:.0f} s). Machine: {platform.machine()}, "
+           f"{os.cpu_count()} cores, load average {load[0]:.1f} at the start, "
+           f"{load[1]:.1f} at the end.", ""]
+  if kills:
+    same = sum(r["outcome"] == "identical" for r in kills)
+    hangs = sum(r["outcome"] == "HANG" for r in kills)
+    lines += [f"### Kill and resume ({len(kills)} trials; the uninterrupted run takes "
+              f"{ref_seconds:.0f} s)", "",
+              f"**{same}/{len(kills)} finished identical to the uninterrupted run; "
+              f"{hangs} hung.** Exit codes after the arrow (0 = saved and exited cleanly, "
+              "-9 = SIGKILL).", "", "| trial | interruptions | outcome |", "|---:|---|---|"]
+    lines += [f"| {r['trial']} | {r['interruptions']} | {r['outcome']} |" for r in kills]
+    lines.append("")
+  if corruptions:
+    lines += [f"### Corrupt shards ({len(corruptions)} copies, one corruption each)", "",
+              "| corruption | tried | clear error | unclear | garbage | harmless | hang |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
+    for kind in CORRUPTIONS:
+      rs = [r for r in corruptions if r["kind"] == kind]
+      count = lambda p: sum(r["outcome"].startswith(p) for r in rs)
+      lines.append(f"| {kind} | {len(rs)} | {count('clear')} | {count('UNCLEAR')} | "
+                   f"{count('GARBAGE')} | {count('HARMLESS')} | {count('HANG')} |")
+    clis = [r for r in corruptions if r["cli"]]
+    examples = {}
+    for r in corruptions:
+      if r["message"] and r["kind"] not in examples:
+        examples[r["kind"]] = r["message"]
+    lines += ["", f"Command-line checks: {sum(r['cli'] == 'one line' for r in clis)}/"
+              f"{len(clis)} exited non-zero with one `error:` line and no traceback.", "",
+              "A message of each kind:", ""]
+    lines += [f"- {k}: `{m}`" for k, m in examples.items()]
+  return "\n".join(lines) + "\n"
+
+
+def write_section(path, body):
+  """Replaces (or appends) the '## Soak' section of `path`."""
+  from jaxquant import io_utils
+  head = "## Soak\n\n"
+  text = open(path).read() if os.path.exists(path) else "# Robustness\n\n"
+  if head in text:
+    before, after = text.split(head, 1)
+    rest = after.split("\n## ", 1)
+    text = before + head + body + ("\n## " + rest[1] if len(rest) > 1 else "")
+  else:
+    text = text.rstrip("\n") + "\n\n" + head + body
+  io_utils.atomic_write_text(path, text)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--kills", type=int, default=12, help="kill/resume trials")
+  parser.add_argument("--corruptions", type=int, default=300, help="corrupted shard copies")
+  parser.add_argument("--cli_every", type=int, default=25,
+                      help="also run the command line on every n-th copy (0 = never)")
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--out", default=os.path.join(ROOT, "docs", "robustness.md"),
+                      help="markdown file whose '## Soak' section is replaced ('' = none)")
+  args = parser.parse_args()
+  rng = random.Random(args.seed)
+  t0, load0 = time.time(), os.getloadavg()[0]
+  root = tempfile.mkdtemp(prefix="jaxquant-soak-")
+  try:
+    # (The reference run also generates the data the corruptions start from.)
+    kills, ref_seconds = kill_trials(args.kills, root, rng)
+    corruptions = corruption_trials(args.corruptions, root, rng, cli_every=args.cli_every)
+  finally:
+    shutil.rmtree(root, ignore_errors=True)
+  command = "python benchmarks/soak.py" + "".join(
+      f" --{k}={getattr(args, k)}" for k in ("kills", "corruptions", "seed")
+      if getattr(args, k) != parser.get_default(k))
+  md = to_markdown(kills, ref_seconds, corruptions, command, time.time() - t0,
+                   (load0, os.getloadavg()[0]))
+  print(md)
+  if args.out:
+    write_section(args.out, md)
+  same = sum(r["outcome"] == "identical" for r in kills)
+  clear = sum(r["outcome"].startswith("clear") for r in corruptions)
+  hangs = sum(r["outcome"] == "HANG" for r in kills + corruptions)
+  print(f"identical={same}/{len(kills)} clear_errors={clear}/{len(corruptions)} hangs={hangs}")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,104 @@
+"""Bad configs stop before any work, with one line naming the key and the value."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from configs import default
+from configs import gru
+from jaxquant import config_check
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("key, value, why", [
+    ("train.lr", -1.0, "must be > 0"),
+    ("train.lr", 0.0, "must be > 0"),
+    ("train.batch_size", 0, "must be >= 1"),
+    ("train.end_lr", 1.0, "must be in [0, train.lr]"),
+    ("data.window", 0, "must be >= 1"),
+    ("data.test_fraction", 0.9, ""),
+    ("data.sampler", "magic", ""),
+    ("model.name", "gpt5", ""),
+    ("train.dtype", "float8", ""),
+    ("eval.min_positive_rate", 0.7, ""),
+])
+def test_impossible_values_name_key_and_value(key, value, why):
+  config = gru.get_config("quick")
+  section, name = key.split(".")
+  config[section][name] = value
+  with pytest.raises(config_check.ConfigError) as e:
+    config_check.validate(config)
+  msg = str(e.value)
+  assert f"config.{key}=" in msg, msg
+  assert why in msg
+  assert "\n" not in msg
+
+
+def test_every_shipped_config_is_valid():
+  import glob
+  from jaxquant import compare
+  paths = [p for p in glob.glob(os.path.join(ROOT, "configs", "**", "*.py"), recursive=True)
+           if os.path.basename(p) != "__init__.py"]
+  assert len(paths) >= 10
+  for path in sorted(paths):
+    config_check.validate(compare.load_config(path))
+    try:
+      quick = compare.load_config(path + ":quick")
+    except ValueError as e:
+      assert "unknown variant" in str(e)
+      continue
+    config_check.validate(quick)
+  config_check.validate(default.get_config())
+
+
+def test_set_value_converts_and_rejects():
+  config = gru.get_config("quick")
+  config_check.set_value(config, "train.lr", "0.01")
+  assert config.train.lr == 0.01 and isinstance(config.train.lr, float)
+  config_check.set_value(config, "train.epochs", "3")
+  assert config.train.epochs == 3
+  with pytest.raises(config_check.ConfigError, match="train.lrr"):
+    config_check.set_value(config, "train.lrr", "1")
+  with pytest.raises(config_check.ConfigError, match="train.epochs"):
+    config_check.set_value(config, "train.epochs", "three")
+
+
+def test_window_larger_than_the_data_is_one_clear_line(tmp_path):
+  from jaxquant.data import dataset as dataset_lib
+  config = gru.get_config("quick")
+  config.data.dir = str(tmp_path / "data")
+  config.data.synth.instruments, config.data.synth.days = 1, 2
+  config.data.window = 5000
+  data_dir = dataset_lib.ensure_data(config.data, log=lambda *a: None)
+  with pytest.raises(ValueError, match=r"data.window=5000"):
+    dataset_lib.build_dataset(config.data, data_dir)
+
+
+def test_batch_that_does_not_divide_over_devices():
+  import jax
+  import numpy as np
+  from jax.sharding import Mesh
+  from jaxquant import parallel
+  mesh = Mesh(np.array(jax.devices()[:1] * 1).reshape(1, 1), ("data", "expert"))
+  parallel.check_batch_divides(6, mesh)  # One device: anything divides.
+
+  class EightDevices:
+    size = 8
+  with pytest.raises(ValueError, match=r"batch_size=100 does not divide over 8 devices"):
+    parallel.check_batch_divides(100, EightDevices())
+
+
+@pytest.mark.parametrize("flag, expected", [
+    ("--config.train.lrr=1", "unknown config key 'lrr' in --config.train.lrr"),
+    ("--config.train.lr=abc", "--config.train.lr=abc: could not convert"),
+])
+def test_command_line_gives_one_line_and_no_traceback(flag, expected):
+  p = subprocess.run([sys.executable, "-m", "jaxquant.main", "--config=configs/gru.py:quick",
+                      flag], cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert p.returncode == 1
+  assert "Traceback" not in p.stderr
+  lines = p.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], lines
