@@ -23,6 +23,7 @@ from absl import logging
 from ml_collections import config_flags
 import numpy as np
 
+from jaxquant import compile_cache
 from jaxquant import config_check
 from jaxquant import io_utils
 
@@ -155,6 +156,7 @@ def compare(specs, workdir, seeds, overrides=()):
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
+  compile_cache.enable()
   if not FLAGS.configs or not FLAGS.workdir:
     sys.exit("error: --configs=A,B,... and --workdir=DIR are required")
   if FLAGS.seeds < 1:

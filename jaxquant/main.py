@@ -15,6 +15,7 @@ from absl import flags
 import ml_collections
 from ml_collections import config_flags
 
+from jaxquant import compile_cache
 from jaxquant import config_check
 from jaxquant import parallel
 
@@ -89,6 +90,7 @@ def main(argv):
   # A file-size limit (ulimit -f) then fails the write with EFBIG, reported like a
   # full disk, instead of killing the process mid-save.
   signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+  compile_cache.enable()
   parallel.initialize_distributed()
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments {argv[1:]}")
