@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxquant.models.dropout import Dropout
 from jaxquant.models.transformer import Transformer
 
 # Leaves of MoEFeedForward that hold per-expert (stacked [E, ...]) weights.
@@ -191,7 +192,7 @@ class MoEFeedForward(nn.Module):
     w = weights.T.reshape(-1)[a["order"]] * a["keep"]  # Same sorted order.
     y = jnp.zeros((n, d), jnp.float32).at[a["token"]].add(
         w[:, None] * y_assign.astype(jnp.float32))
-    y = nn.Dropout(self.dropout, deterministic=not train)(y.astype(self.dtype))
+    y = Dropout(self.dropout, deterministic=not train)(y.astype(self.dtype))
 
     # Switch/GShard load balancing: E · Σ_e f_e · P_e with f_e = share of tokens
     # whose FIRST choice is e (non-differentiable) and P_e = mean router prob.

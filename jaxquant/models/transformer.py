@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxquant.models.attention import LocalSelfAttention
+from jaxquant.models.dropout import Dropout
 from jaxquant.models.heads import ClassAndReturnHead
 
 
@@ -52,9 +53,9 @@ class MlpBlock(nn.Module):
     d = x.shape[-1]
     h = nn.Dense(self.mlp_dim, dtype=self.dtype, param_dtype=jnp.float32, name="wi")(x)
     h = nn.gelu(h)
-    h = nn.Dropout(self.dropout, deterministic=not train)(h)
+    h = Dropout(self.dropout, deterministic=not train)(h)
     y = nn.Dense(d, dtype=self.dtype, param_dtype=jnp.float32, name="wo")(h)
-    return nn.Dropout(self.dropout, deterministic=not train)(y), {}
+    return Dropout(self.dropout, deterministic=not train)(y), {}
 
 
 class Block(nn.Module):
@@ -84,7 +85,7 @@ class Block(nn.Module):
                            causal=self.causal, head_dropout=self.head_dropout,
                            attention=self.attention, dtype=self.dtype,
                            name="attn")(ln("ln_attn")(x), train=train)
-    x = x + nn.Dropout(self.dropout, deterministic=not train)(h)
+    x = x + Dropout(self.dropout, deterministic=not train)(h)
     h, extras = self.ffn_factory(name="ffn")(ln("ln_ffn")(x), train=train)
     return x + h, extras
 
@@ -151,7 +152,7 @@ class Transformer(nn.Module):
     else:
       raise ValueError(f"positions must be 'learned' or 'sinusoidal', got {self.positions!r}")
     h = h + pos.astype(self.dtype)[None]
-    h = nn.Dropout(self.dropout, deterministic=not train)(h)
+    h = Dropout(self.dropout, deterministic=not train)(h)
 
     extras = []
     for i in range(self.num_layers):
