@@ -1,9 +1,10 @@
 """Mixture-of-experts feed-forward layer and the MoE Transformer.
 
 Routing is top-k softmax (Switch/GShard style) with a fixed per-expert capacity.
-Dispatch sorts the token→expert assignments by expert and scatters the token
-vectors into a dense `[E, C, d]` buffer, so memory is O(E·C·d) = O(N·k·d), not
-the O(N·E·C) of a one-hot dispatch einsum.
+Dispatch gives every token→expert assignment a slot in its expert (choice-major
+priority; `count_assignments`, or the equivalent `sort_assignments`) and
+scatters the token vectors into a dense `[E, C, d]` buffer, so memory is
+O(E·C·d) = O(N·k·d), not the O(N·E·C) of a one-hot dispatch einsum.
 """
 
 import functools
@@ -184,7 +185,7 @@ def moe_dense_reference(params, x, top_k: int):
 
 
 class MoEFeedForward(nn.Module):
-  """Top-k mixture-of-experts MLP with sort-based capacity dispatch.
+  """Top-k mixture-of-experts MLP with slot-based capacity dispatch.
 
   Attributes:
     num_experts: E.
