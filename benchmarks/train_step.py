@@ -11,7 +11,8 @@ excluded; JAX synchronised with `jax.block_until_ready`, torch CPU needs none):
 
 - JAX: `jaxquant.train.make_train_step` on the config's model (the step we ship:
   focal loss, clip by global norm, AdamW on warmup + cosine, the non-finite
-  guard), `jax.jit(..., donate_argnums=0)`, compiled ahead of time; the compile
+  guard), `jax.jit(..., donate_argnums=0)` with the Runner's compiler options
+  (`jaxquant.xla_options.step_options()`), compiled ahead of time; the compile
   time is reported (JAX's persistent compilation cache is on, so a second run
   mostly loads it: "(cached)" marks those).
 - PyTorch eager: the twin from `benchmarks/torch_reference.py` (same layers, same
@@ -154,6 +155,7 @@ def jax_setup(config, host_batch, cache_dir):
   """Compiled JAX step, its state, compile seconds, cache hit, params and FLOPs."""
   from jaxquant import losses
   from jaxquant import train
+  from jaxquant import xla_options
   model = train.build_model(config, 2)
   tx, schedule = train.make_optimizer(config.train, steps_per_epoch=100)
   alpha = losses.class_weights(config.loss, host_batch["y"], host_batch["r"], 2)
@@ -166,7 +168,8 @@ def jax_setup(config, host_batch, cache_dir):
   rng = jax.random.key(1)
   before = cache_entries(cache_dir)
   t0 = time.perf_counter()
-  compiled = jax.jit(step, donate_argnums=0).lower(state, batch, rng).compile()
+  compiled = jax.jit(step, donate_argnums=0, compiler_options=xla_options.step_options()
+                     ).lower(state, batch, rng).compile()
   compile_s = time.perf_counter() - t0
   cached = bool(cache_dir) and cache_entries(cache_dir) == before
   params = sum(x.size for x in jax.tree.leaves(state.params))
@@ -467,8 +470,9 @@ torch.mm {peak_torch:.1f} GFLOP/s (the faster of 1 and {cores} threads).
 
 - samples/s: batch / median seconds per step over {args.repeats} timed runs (each of
   several consecutive steps, about {args.target_s:g} s), after 2 warm-up steps; compile excluded.
-- JAX: `jaxquant.train.make_train_step` under `jax.jit(donate_argnums=0)` (XLA's default
-  threads); torch: the twin in `benchmarks/torch_reference.py` (same layers and parameter
+- JAX: `jaxquant.train.make_train_step` under `jax.jit(donate_argnums=0)` with the
+  Runner's compiler options (`jaxquant.xla_options`: YNNPACK for dots only; XLA's
+  default threads); torch: the twin in `benchmarks/torch_reference.py` (same layers and parameter
   count) with AdamW + clip_grad_norm_ + focal loss + cosine annealing, at the faster of
   1 and {cores} intra-op threads for each model (picked in the warm-up; on a loaded
   machine torch's {cores}-thread ops can be ~10x slower, XLA:CPU hardly changes);

@@ -22,6 +22,7 @@ from jaxquant import models
 from jaxquant import parallel
 from jaxquant import report as report_lib
 from jaxquant import tb as tb_lib
+from jaxquant import xla_options
 from jaxquant.data import dataset as dataset_lib
 from jaxquant.data import loader
 
@@ -196,10 +197,12 @@ class Runner:
     if train_step is not None:
       self.train_step = jax.jit(train_step, donate_argnums=0,
                                 in_shardings=(self.state_sharding, self.batch_sharding, repl),
-                                out_shardings=(self.state_sharding, repl))
+                                out_shardings=(self.state_sharding, repl),
+                                compiler_options=xla_options.step_options())
     self._predict = jax.jit(make_predict_step(model),
                             in_shardings=(self.state_sharding, self.batch_sharding),
-                            out_shardings=(repl, repl))
+                            out_shardings=(repl, repl),
+                            compiler_options=xla_options.step_options())
 
   def place_state(self, state):
     return jax.device_put(state, self.state_sharding)

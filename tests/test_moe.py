@@ -79,6 +79,28 @@ def test_sort_assignments_docstring_example():
   np.testing.assert_array_equal(a["counts"], [3, 3])
 
 
+def test_count_assignments_equals_sort_assignments():
+  idx = jax.random.randint(jax.random.key(0), (37, 3), 0, 5)
+  want = moe.sort_assignments(idx, 5, 6)
+  got = moe.count_assignments(idx, 5, 6)
+  # sort_assignments lists assignments in sorted order; put them back.
+  for key in ("expert", "slot", "token", "choice", "keep"):
+    back = np.zeros_like(np.asarray(want[key]))
+    back[np.asarray(want["order"])] = np.asarray(want[key])
+    np.testing.assert_array_equal(got[key], back, err_msg=key)
+  np.testing.assert_array_equal(got["counts"], want["counts"])
+
+
+def test_top_k_indices_equals_lax_top_k_with_ties():
+  scores = jax.random.normal(jax.random.key(1), (50, 8))
+  # Many ties (+ 0.0: no -0.0, which lax.top_k orders below +0.0; probabilities
+  # from a softmax are never -0.0).
+  scores = scores.at[:10].set(jnp.round(scores[:10]) + 0.0)
+  scores = scores.at[10].set(0.5)  # All equal.
+  for k in (1, 2, 3, 8):
+    np.testing.assert_array_equal(moe.top_k_indices(scores, k), jax.lax.top_k(scores, k)[1])
+
+
 def test_dispatch_equals_dense_reference_without_drops():
   x = _x()
   layer, params = _layer_and_params(E / K, x)  # C = N: nothing can drop.

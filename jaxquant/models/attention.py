@@ -239,7 +239,10 @@ class LocalSelfAttention(nn.Module):
     proj = lambda name: nn.DenseGeneral((self.num_heads, head_dim), dtype=self.dtype,
                                         param_dtype=jnp.float32, name=name)
     x = x.astype(self.dtype)
-    q, k, v = proj("query")(x), proj("key")(x), proj("value")(x)  # [B, T, H, D]
+    # Projections on 2-D rows [B·T, d] (see transformer.as_rows), then [B, T, H, D].
+    rows = x.reshape(-1, x.shape[-1])
+    split = lambda y: y.reshape(x.shape[:-1] + (self.num_heads, head_dim))
+    q, k, v = (split(proj(name)(rows)) for name in ("query", "key", "value"))
     if self.attention == "local":
       h = local_attention(q, k, v, self.window, causal=self.causal,
                           block_size=self.block_size)
@@ -253,5 +256,7 @@ class LocalSelfAttention(nn.Module):
                                self.head_dropout, h.dtype)
       h = h * mask
     self.sow("intermediates", "head_outputs_dropped", h)
-    return nn.DenseGeneral(d_model, axis=(-2, -1), dtype=self.dtype,
-                           param_dtype=jnp.float32, name="out")(h)
+    h = h.reshape((-1,) + h.shape[-2:])
+    y = nn.DenseGeneral(d_model, axis=(-2, -1), dtype=self.dtype,
+                        param_dtype=jnp.float32, name="out")(h)
+    return y.reshape(x.shape[:-1] + (d_model,))

@@ -3,6 +3,8 @@
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxquant.models.dropout import Dropout
+
 
 class ClassAndReturnHead(nn.Module):
   """Maps a pooled representation to `{"logits": [B, K], "ret": [B]}`.
@@ -16,7 +18,7 @@ class ClassAndReturnHead(nn.Module):
 
   @nn.compact
   def __call__(self, h, *, train: bool):
-    h = nn.Dropout(self.dropout, deterministic=not train)(h)
+    h = Dropout(self.dropout, deterministic=not train)(h)
     logits = nn.Dense(self.num_classes, dtype=self.dtype, name="cls")(h)
     ret = nn.Dense(1, dtype=self.dtype, name="ret")(h)[..., 0]
     # Losses are computed in float32 whatever the compute dtype.

@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxquant.data.planes import to_planes
+from jaxquant.models.dropout import Dropout
 from jaxquant.models.heads import ClassAndReturnHead
 
 ModuleDef = Any
@@ -125,7 +126,7 @@ class ResNet(nn.Module):
     h = jnp.mean(h.astype(jnp.float32), axis=(1, 2)).astype(self.dtype)
 
     for k, features in enumerate(tuple(self.head_features)):
-      h = nn.Dropout(self.dropout, deterministic=not train)(h)
+      h = Dropout(self.dropout, deterministic=not train)(h)
       h = nn.Dense(features, dtype=self.dtype, name=f"head_dense{k + 1}")(h)
       h = norm(name=f"head_bn{k + 1}")(h)
       h = nn.relu(h)

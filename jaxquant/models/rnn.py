@@ -3,6 +3,7 @@
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxquant.models.dropout import Dropout
 from jaxquant.models.heads import ClassAndReturnHead
 
 _CELLS = {"gru": nn.GRUCell, "lstm": nn.OptimizedLSTMCell}
@@ -31,7 +32,7 @@ class RNNClassifier(nn.Module):
     h = x.astype(self.dtype)
     for i in range(self.num_layers):
       if i > 0:
-        h = nn.Dropout(self.dropout, deterministic=not train)(h)
+        h = Dropout(self.dropout, deterministic=not train)(h)
       h = nn.RNN(cell_cls(features=self.hidden, dtype=self.dtype,
                           param_dtype=jnp.float32), name=f"rnn_{i}")(h)
     out = ClassAndReturnHead(self.num_classes, self.dropout, self.dtype, name="head")(

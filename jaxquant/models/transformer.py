@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxquant.models.attention import LocalSelfAttention
+from jaxquant.models.dropout import Dropout
 from jaxquant.models.heads import ClassAndReturnHead
 
 
@@ -38,6 +39,12 @@ def sinusoidal_positions(seq_len: int, d_model: int):
   return enc[:, :d_model].astype(np.float32)
 
 
+def as_rows(x):
+  """[..., d] → [N, d]. XLA:CPU runs Dense layers on 2-D rows without the
+  transposes it inserts around a dot with two batch-like leading axes."""
+  return x.reshape(-1, x.shape[-1])
+
+
 class MlpBlock(nn.Module):
   """d_model → mlp_dim (GELU, dropout) → d_model (dropout).
 
@@ -50,11 +57,12 @@ class MlpBlock(nn.Module):
   @nn.compact
   def __call__(self, x, *, train: bool):
     d = x.shape[-1]
-    h = nn.Dense(self.mlp_dim, dtype=self.dtype, param_dtype=jnp.float32, name="wi")(x)
+    h = nn.Dense(self.mlp_dim, dtype=self.dtype, param_dtype=jnp.float32,
+                 name="wi")(as_rows(x))
     h = nn.gelu(h)
-    h = nn.Dropout(self.dropout, deterministic=not train)(h)
+    h = Dropout(self.dropout, deterministic=not train)(h)
     y = nn.Dense(d, dtype=self.dtype, param_dtype=jnp.float32, name="wo")(h)
-    return nn.Dropout(self.dropout, deterministic=not train)(y), {}
+    return Dropout(self.dropout, deterministic=not train)(y.reshape(x.shape)), {}
 
 
 class Block(nn.Module):
@@ -84,7 +92,7 @@ class Block(nn.Module):
                            causal=self.causal, head_dropout=self.head_dropout,
                            attention=self.attention, dtype=self.dtype,
                            name="attn")(ln("ln_attn")(x), train=train)
-    x = x + nn.Dropout(self.dropout, deterministic=not train)(h)
+    x = x + Dropout(self.dropout, deterministic=not train)(h)
     h, extras = self.ffn_factory(name="ffn")(ln("ln_ffn")(x), train=train)
     return x + h, extras
 
@@ -139,7 +147,8 @@ class Transformer(nn.Module):
     """Args: x [B, T, F]. Returns {"logits" [B, K], "ret" [B], "aux_loss" (), "stats"}."""
     seq_len = x.shape[1]
     h = nn.Dense(self.d_model, dtype=self.dtype, param_dtype=jnp.float32,
-                 name="input_proj")(x.astype(self.dtype))
+                 name="input_proj")(as_rows(x.astype(self.dtype)))
+    h = h.reshape(x.shape[:-1] + (self.d_model,))
     if self.positions == "learned":
       if seq_len > self.max_len:
         raise ValueError(f"T={seq_len} > max_len={self.max_len} of learned positions")
@@ -151,7 +160,7 @@ class Transformer(nn.Module):
     else:
       raise ValueError(f"positions must be 'learned' or 'sinusoidal', got {self.positions!r}")
     h = h + pos.astype(self.dtype)[None]
-    h = nn.Dropout(self.dropout, deterministic=not train)(h)
+    h = Dropout(self.dropout, deterministic=not train)(h)
 
     extras = []
     for i in range(self.num_layers):
