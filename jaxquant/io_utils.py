@@ -73,8 +73,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
-        if isinstance(e, OSError) and e.filename is None:  # Say which file (disk full).
-            raise OSError(e.errno, e.strerror, path) from e
+        if isinstance(e, OSError) and e.errno is not None and e.filename is None:
+            raise OSError(e.errno, e.strerror, path) from e  # Say which file (disk full).
         raise
     _fsync_dir(directory)
 

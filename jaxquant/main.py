@@ -5,6 +5,7 @@ config values stop the run before any work, with one line naming the key.
 """
 
 import datetime
+import logging as std_logging
 import os
 import signal
 import sys
@@ -75,6 +76,21 @@ def _fail(message):
   sys.exit(1)
 
 
+def _quiet_library_shutdown_noise():
+  """After a failed Orbax save/restore, TensorStore callbacks race the closed asyncio
+  loop ("Event loop is closed", unraisable) and asyncio logs the failed tasks ("Task
+  exception was never retrieved"): tracebacks of an error we already report in one
+  line. Drop those two; everything else goes through as before."""
+  default_hook = sys.unraisablehook
+
+  def unraisable(u):
+    if not (isinstance(u.exc_value, RuntimeError) and str(u.exc_value) == "Event loop is closed"):
+      default_hook(u)
+  sys.unraisablehook = unraisable
+  std_logging.getLogger("asyncio").addFilter(
+      lambda r: not r.getMessage().startswith("Task exception was never retrieved"))
+
+
 def _config_or_exit():
   config = FLAGS.config
   if not isinstance(config, ml_collections.ConfigDict):
@@ -91,6 +107,8 @@ def main(argv):
   # full disk, instead of killing the process mid-save.
   signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
   compile_cache.enable()
+  if not os.environ.get("JAXQUANT_DEBUG"):
+    _quiet_library_shutdown_noise()
   parallel.initialize_distributed()
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments {argv[1:]}")
