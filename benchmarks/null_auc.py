@@ -86,15 +86,8 @@ def main():
   print(body)
   if args.out:
     from jaxquant import io_utils
-    head = "## Chance AUC on data with no signal\n\n"
-    text = open(args.out).read() if os.path.exists(args.out) else "# Evaluation\n\n"
-    if head in text:
-      before, after = text.split(head, 1)
-      rest = after.split("\n## ", 1)
-      text = before + head + body + ("\n## " + rest[1] if len(rest) > 1 else "")
-    else:
-      text = text.rstrip("\n") + "\n\n" + head + body
-    io_utils.atomic_write_text(args.out, text)
+    io_utils.replace_markdown_section(args.out, "## Chance AUC on data with no signal", body,
+                                      title="Evaluation")
 
 
 if __name__ == "__main__":

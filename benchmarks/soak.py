@@ -303,20 +303,6 @@ def to_markdown(kills, ref_seconds, corruptions, command, seconds, load):
   return "\n".join(lines) + "\n"
 
 
-def write_section(path, body):
-  """Replaces (or appends) the '## Soak' section of `path`."""
-  from jaxquant import io_utils
-  head = "## Soak\n\n"
-  text = open(path).read() if os.path.exists(path) else "# Robustness\n\n"
-  if head in text:
-    before, after = text.split(head, 1)
-    rest = after.split("\n## ", 1)
-    text = before + head + body + ("\n## " + rest[1] if len(rest) > 1 else "")
-  else:
-    text = text.rstrip("\n") + "\n\n" + head + body
-  io_utils.atomic_write_text(path, text)
-
-
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--kills", type=int, default=12, help="kill/resume trials")
@@ -343,7 +329,8 @@ def main():
                    (load0, os.getloadavg()[0]))
   print(md)
   if args.out:
-    write_section(args.out, md)
+    from jaxquant import io_utils
+    io_utils.replace_markdown_section(args.out, "## Soak", md, title="Robustness")
   same = sum(r["outcome"] == "identical" for r in kills)
   clear = sum(r["outcome"].startswith("clear") for r in corruptions)
   hangs = sum(r["outcome"] == "HANG" for r in kills + corruptions)

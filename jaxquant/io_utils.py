@@ -129,3 +129,26 @@ def append_jsonl(path: str | os.PathLike, obj: Any) -> None:
         old += "\n"
     line = json.dumps(obj, default=_json_default)
     atomic_write_text(path, old + line + "\n")
+
+
+def replace_markdown_section(path: str | os.PathLike, heading: str, body: str,
+                             title: str = "") -> None:
+    """Atomically replace (or append) the section ``heading`` of a markdown file.
+
+    The section runs from ``heading`` (a line such as ``"## Soak"``) to the next
+    ``"## "`` heading; the rest of the file is kept. A missing file starts as
+    ``"# {title}"``.
+    """
+    head = heading.rstrip("\n") + "\n\n"
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        text = f"# {title}\n\n" if title else ""
+    if head in text:
+        before, after = text.split(head, 1)
+        rest = after.split("\n## ", 1)
+        text = before + head + body + ("\n## " + rest[1] if len(rest) > 1 else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + head + body
+    atomic_write_text(path, text)

@@ -269,3 +269,15 @@ def test_io_utils_json_helpers(tmp_path):
         append_jsonl(log, {"step": np.int32(i)})
     assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [0, 1, 2]
     assert sorted(os.listdir(tmp_path)) == ["log.jsonl", "sub"]
+
+
+def test_replace_markdown_section_keeps_the_rest(tmp_path):
+    from jaxquant import io_utils
+    path = tmp_path / "doc.md"
+    io_utils.replace_markdown_section(path, "## B", "b1\n", title="Doc")
+    assert path.read_text() == "# Doc\n\n## B\n\nb1\n"
+    path.write_text("# Doc\n\n## A\n\na\n\n## B\n\nold\nlines\n\n## C\n\nc\n")
+    io_utils.replace_markdown_section(path, "## B", "new\n")
+    assert path.read_text() == "# Doc\n\n## A\n\na\n\n## B\n\nnew\n\n## C\n\nc\n"
+    io_utils.replace_markdown_section(path, "## D", "d\n")
+    assert path.read_text().endswith("## C\n\nc\n\n## D\n\nd\n")
