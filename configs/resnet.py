@@ -25,6 +25,9 @@ def get_config(arg=None):
   c.model.head_features = (512, 256)  # MLP head after global pooling.
   c.model.dropout = 0.3
   c.model.bn_axis_name = None  # Set with a device axis to sync BatchNorm statistics.
+  # Convolutions: "xla" (nn.Conv), "patches" (slices + one matmul: XLA:CPU's conv
+  # backward is slow) or "auto" (patches on CPU only). Same parameters and outputs.
+  c.model.conv_impl = "auto"
   c.train.batch_size = 16
 
   variants = [v for v in (arg or "").split(",") if v]

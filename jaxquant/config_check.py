@@ -7,6 +7,7 @@ from jaxquant import models
 from jaxquant.data import dataset
 from jaxquant.data import labels
 from jaxquant.data import sampling
+from jaxquant.models import resnet
 
 
 class ConfigError(ValueError):
@@ -78,6 +79,9 @@ def validate(config):
            "val_fraction + test_fraction must be < 1")
   _require(config.model.name in models.names(), "model.name", config.model.name,
            f"known models: {models.names()}")
+  if config.model.name == "resnet" and "conv_impl" in config.model:
+    _require(config.model.conv_impl in resnet.CONV_IMPLS, "model.conv_impl",
+             config.model.conv_impl, f"use one of {resnet.CONV_IMPLS}")
   try:
     losses.validate_loss_config(config.loss, 2)
   except ValueError as e:

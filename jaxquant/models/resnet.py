@@ -11,6 +11,7 @@ import functools
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from jaxquant.data.planes import to_planes
@@ -28,13 +29,82 @@ STAGE_SIZES = {10: (1, 1, 1, 1), 18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
 # model; explicit symmetric padding keeps the two numerically identical.
 _PAD3 = ((1, 1), (1, 1))
 
+CONV_IMPLS = ("auto", "xla", "patches")
+
+
+class PatchConv(nn.Module):
+  """Bias-free 2-D convolution as shifted-slice patches + one matmul.
+
+  A drop-in for `nn.Conv(use_bias=False)` with explicit or "VALID" padding: the
+  same parameter (`kernel`, `[kh, kw, Cin, Cout]`, LeCun-normal init), the same
+  outputs. XLA:CPU's convolution backward is slow (the input gradient's kernel
+  flip/transpose alone took ~28% of a ResNet train step); here autodiff turns
+  the slices into pads and the concatenation into splits, so the backward pass
+  is pads + matmuls too.
+
+  Attributes:
+    features: output channels.
+    kernel_size: (kh, kw).
+    strides: (sh, sw).
+    padding: "VALID" or ((top, bottom), (left, right)).
+    use_bias: must be False (kept so `nn.Conv`'s keyword arguments fit).
+    dtype: compute dtype.
+    param_dtype: kernel dtype.
+    kernel_init: kernel initializer (`nn.Conv`'s default).
+  """
+  features: int
+  kernel_size: Sequence[int]
+  strides: Sequence[int] = (1, 1)
+  padding: Any = "VALID"
+  use_bias: bool = False
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+  kernel_init: Callable = nn.linear.default_kernel_init
+
+  @nn.compact
+  def __call__(self, x):
+    if self.use_bias:
+      raise ValueError("PatchConv has no bias")
+    if isinstance(self.padding, str) and self.padding != "VALID":
+      raise ValueError(f"PatchConv takes 'VALID' or explicit padding, got {self.padding!r}")
+    kh, kw = self.kernel_size
+    sh, sw = self.strides
+    cin = x.shape[-1]
+    kernel = self.param("kernel", self.kernel_init, (kh, kw, cin, self.features),
+                        self.param_dtype)
+    x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
+    if self.padding != "VALID":
+      x = jnp.pad(x, ((0, 0), *self.padding, (0, 0)))
+    b, h, w, _ = x.shape
+    ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
+    # lax.slice with strides: its transpose is a pad (interior padding for
+    # stride 2), not a gather/scatter.
+    patches = [jax.lax.slice(x, (0, i, j, 0), (b, i + (ho - 1) * sh + 1,
+                                               j + (wo - 1) * sw + 1, cin),
+                             (1, sh, sw, 1))
+               for i in range(kh) for j in range(kw)]
+    # (i, j, c) order on the channel axis = kernel.reshape's row-major order.
+    p = patches[0] if len(patches) == 1 else jnp.concatenate(patches, axis=-1)
+    y = p.reshape(b * ho * wo, kh * kw * cin) @ kernel.reshape(kh * kw * cin, self.features)
+    return y.reshape(b, ho, wo, self.features)
+
+
+def conv_module(conv_impl):
+  """`nn.Conv` or `PatchConv` for `conv_impl` ("auto": patches on CPU only)."""
+  if conv_impl not in CONV_IMPLS:
+    raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {conv_impl!r}")
+  if conv_impl == "auto":
+    # GPU/TPU convolutions (cuDNN, ...) are fast; only XLA:CPU's backward is slow.
+    conv_impl = "patches" if jax.default_backend() == "cpu" else "xla"
+  return PatchConv if conv_impl == "patches" else nn.Conv
+
 
 class ResNetBlock(nn.Module):
   """BasicBlock: two 3×3 convolutions plus a (projected when needed) shortcut.
 
   Attributes:
     filters: output channels.
-    conv: partially applied `nn.Conv` (no bias, compute dtype set).
+    conv: partially applied `nn.Conv` or `PatchConv` (no bias, compute dtype set).
     norm: partially applied `nn.BatchNorm` (train/eval mode set).
     act: activation.
     strides: strides of the first convolution (and of the projection).
@@ -48,10 +118,11 @@ class ResNetBlock(nn.Module):
   @nn.compact
   def __call__(self, x):
     residual = x
-    y = self.conv(self.filters, (3, 3), self.strides, padding=_PAD3)(x)
+    # Explicit names = `nn.Conv`'s automatic ones, so PatchConv keeps the checkpoint keys.
+    y = self.conv(self.filters, (3, 3), self.strides, padding=_PAD3, name="Conv_0")(x)
     y = self.norm()(y)
     y = self.act(y)
-    y = self.conv(self.filters, (3, 3), padding=_PAD3)(y)
+    y = self.conv(self.filters, (3, 3), padding=_PAD3, name="Conv_1")(y)
     # Zero-init the last BN scale (as the Flax example, Goyal et al. 2017): each
     # block starts as the identity, which makes deep stacks stable early on.
     y = self.norm(scale_init=nn.initializers.zeros_init())(y)
@@ -80,6 +151,8 @@ class ResNet(nn.Module):
       across devices under pmap/shard_map (None: per-device statistics).
     num_classes: classes of the classification head.
     dtype: compute dtype (parameters and batch statistics stay float32).
+    conv_impl: "xla" (`nn.Conv`), "patches" (`PatchConv`, faster on XLA:CPU)
+      or "auto" (patches on CPU, xla elsewhere); same parameters and outputs.
   """
   depth: int = 18
   width: int = 64
@@ -89,6 +162,7 @@ class ResNet(nn.Module):
   bn_axis_name: str | None = None
   num_classes: int = 2
   dtype: jnp.dtype = jnp.float32
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x, *, train: bool):
@@ -103,7 +177,7 @@ class ResNet(nn.Module):
     """
     if self.depth not in STAGE_SIZES:
       raise ValueError(f"ResNet depth must be one of {sorted(STAGE_SIZES)}, got {self.depth}")
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
+    conv = functools.partial(conv_module(self.conv_impl), use_bias=False, dtype=self.dtype,
                              param_dtype=jnp.float32)
     norm = functools.partial(nn.BatchNorm, use_running_average=not train,
                              momentum=0.9, epsilon=1e-5, dtype=self.dtype,
