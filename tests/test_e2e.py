@@ -147,6 +147,8 @@ def test_cli_eval_with_overrides_of_the_saved_config(signal_run):
 def test_rerun_of_an_early_stopped_run_trains_no_further(tmp_path):
   config = tiny_config(tmp_path / "data", signal=0.0, days=8, epochs=12)
   config.train.patience = 1
+  config.eval.bootstrap = 0
+  config.eval.tensorboard = False
   workdir = str(tmp_path / "run")
   first = train.train_and_evaluate(config, workdir)
   assert first["stop_reason"].startswith("early stopping"), first["stop_reason"]
