@@ -408,7 +408,7 @@ def train_and_evaluate(config, workdir, force=False):
     store.save(int(step_state.step), step_state, meta, score)  # Raises DiskFull.
 
   first_epoch = progress["epoch"]
-  finished = _finished_reason(progress, config, history[-1] if history else {})
+  finished = _stop_reason(progress, config, history[-1] if history else {})
   if finished:  # Re-run of a run that already stopped: evaluate, do not train on.
     stop_reason, first_epoch = finished, config.train.epochs
     log(f"Already stopped ({stop_reason}); evaluating its best checkpoint.")
@@ -473,13 +473,11 @@ def train_and_evaluate(config, workdir, force=False):
               "fingerprint": fingerprint}
       save(state, meta, score)
       log(_epoch_line(record, improved))
-      if progress["collapsed_epochs"] >= config.eval.collapse_patience:
-        stop_reason = (f"collapsed: the model {report['collapse_reason']} on validation for "
-                       f"{progress['collapsed_epochs']} epochs in a row")
-        log(f"STOP: {stop_reason}")
-        break
-      if progress["bad_epochs"] >= config.train.patience:
-        stop_reason = f"early stopping: no better validation F1 for {progress['bad_epochs']} epochs"
+      stopped = _stop_reason(progress, config, record)
+      if stopped:
+        stop_reason = stopped
+        if report["collapsed"]:
+          log(f"STOP: {stop_reason}")
         break
   store.close()
   tb.close()
@@ -489,13 +487,20 @@ def train_and_evaluate(config, workdir, force=False):
                            train_seconds=time.time() - t_start)
 
 
-def _finished_reason(progress, config, last_record):
-  """Why a resumed run had already stopped before its last epoch (None if it had not).
+def _stop_reason(progress, config, last_record):
+  """Why the run stops after the epoch of `last_record` (None: it goes on).
 
-  The stop tests of the loop run after the epoch's checkpoint is saved, so a re-run
-  of an early-stopped run would otherwise train one epoch more."""
+  The loop asks after each epoch's save; a re-run asks it of the saved progress, so a
+  run that had stopped early is evaluated, not trained one epoch more."""
   if progress["batch"]:  # Preempted mid-epoch: not stopped.
     return None
+  if progress["collapsed_epochs"] >= config.eval.collapse_patience:
+    why = last_record.get("val_collapse_reason") or "collapsed"
+    return (f"collapsed: the model {why} on validation for {progress['collapsed_epochs']} "
+            "epochs in a row")
+  if progress["bad_epochs"] >= config.train.patience:
+    return f"early stopping: no better validation F1 for {progress['bad_epochs']} epochs"
+  return None
   if progress["collapsed_epochs"] >= config.eval.collapse_patience:
     why = last_record.get("val_collapse_reason") or "collapsed"
     return (f"collapsed: the model {why} on validation for {progress['collapsed_epochs']} "
