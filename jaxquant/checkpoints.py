@@ -112,28 +112,24 @@ class CheckpointStore:
         directory and renames it only once complete, and deletes old steps only
         after a successful save).
     """
-    failure = []
-    try:
-      with _stderr_held_back(keep=lambda: not (failure and is_disk_full(failure[0]))):
-        try:
-          self._manager.save(step, args=ocp.args.Composite(
-              state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-              metrics={"score": float(score)})
-          self._manager.wait_until_finished()
-        except Exception as e:
-          failure.append(e)
-          if is_disk_full(e):
-            self._remove_unfinished(step)
+    full = []  # The disk-full error, if any: its library noise is not replayed.
+    with _stderr_held_back(keep=lambda: not full):
+      try:
+        self._manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+            metrics={"score": float(score)})
+        self._manager.wait_until_finished()
+      except Exception as e:
+        if not is_disk_full(e):
           raise
-    except Exception as e:
-      if not is_disk_full(e):
-        raise
-      kept = [s for s in self._manager.all_steps() if s != step]
-      raise DiskFull(errno.ENOSPC,
-                     f"disk full while saving checkpoint step {step} in {self.directory} "
-                     f"({_full_reason(e)}); the earlier checkpoints are intact "
-                     f"(steps {kept or 'none'}): free some space and re-run the same command "
-                     "to resume") from e
+        full.append(e)
+        self._remove_unfinished(step)
+        kept = [s for s in self._manager.all_steps() if s != step]
+        raise DiskFull(errno.ENOSPC,
+                       f"disk full while saving checkpoint step {step} in {self.directory} "
+                       f"({_full_reason(e)}); the earlier checkpoints are intact "
+                       f"(steps {kept or 'none'}): free some space and re-run the same "
+                       "command to resume") from e
 
   def _remove_unfinished(self, step):
     """Deletes the temporary directory of a failed save of `step` (frees its space),
