@@ -10,7 +10,11 @@ import time
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-KEYS = ("train_loss", "val_loss", "val_f1", "val_roc_auc", "val_threshold", "step")
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+import soak  # noqa: E402  (benchmarks/soak.py: the longer version of these tests)
+
+# What a resumed run must reproduce exactly: every epoch's metrics and the test report.
+_results = soak.results
 
 
 def _cmd(workdir, data_dir, *extra):
@@ -43,13 +47,6 @@ def _kill_after_start(proc, sig, delay):
   rest = proc.stdout.read()
   proc.wait(timeout=120)
   return rest
-
-
-def _results(workdir):
-  rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
-  report = json.load(open(os.path.join(workdir, "report.json")))
-  return [{k: r[k] for k in KEYS} for r in rows], {k: report["test"][k] for k in
-                                                   ("roc_auc", "pr_auc", "f1", "confusion")}
 
 
 @pytest.fixture(scope="module")
@@ -198,8 +195,6 @@ def test_random_shard_corruptions_all_give_a_clear_error(tmp_path):
   directory, loaded through the training pipeline, fails with an error naming the
   file — no hang, no garbage batch."""
   import random
-  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-  import soak
   from jaxquant.data import synth
   synth.write_market(str(tmp_path / "data"), instruments=2, days=6, signal=1.0, seed=0,
                      progress=False)
