@@ -92,6 +92,8 @@ class CheckpointStore:
   """Saves and restores training checkpoints under `directory`."""
 
   def __init__(self, directory, keep_best=2):
+    # Orbax's OCDBT writer refuses relative paths, and a default workdir is relative.
+    directory = os.path.abspath(directory)
     self.directory = directory
     policy = checkpoint_managers.AnyPreservationPolicy([
         checkpoint_managers.LatestN(n=1),

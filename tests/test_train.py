@@ -1,5 +1,7 @@
 """The jitted train step: learns a learnable batch, skips non-finite updates, decays kernels only."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -78,3 +80,16 @@ def test_schedule_warms_up_then_decays_to_end_lr():
   np.testing.assert_allclose(float(schedule(100)), 1e-3, rtol=1e-6)
   np.testing.assert_allclose(float(schedule(1000)), 1e-6, rtol=1e-5)
   assert float(schedule(550)) < float(schedule(200))
+
+
+def test_checkpoint_store_takes_a_relative_directory(tmp_path, monkeypatch):
+  # The default workdir (runs/<name>-<time>) is relative; Orbax needs absolute paths.
+  from jaxquant import checkpoints
+  monkeypatch.chdir(tmp_path)
+  store = checkpoints.CheckpointStore(os.path.join("runs", "x", "checkpoints"))
+  tree = {"w": jnp.arange(3.0)}
+  store.save(1, tree, {"epoch": 0}, score=0.5)
+  restored, meta = store.restore(1, checkpoints.abstract_like(tree))
+  store.close()
+  np.testing.assert_array_equal(restored["w"], tree["w"])
+  assert meta == {"epoch": 0}
