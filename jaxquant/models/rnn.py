@@ -5,8 +5,15 @@ import jax.numpy as jnp
 
 from jaxquant.models.dropout import Dropout
 from jaxquant.models.heads import ClassAndReturnHead
+from jaxquant.models.lstm import LSTM
 
-_CELLS = {"gru": nn.GRUCell, "lstm": nn.OptimizedLSTMCell}
+# Largest batch for which lstm_impl="auto" picks the hand-written LSTM. Train
+# step on a 2-core CPU, T=500, 2x128 (benchmarks/train_step.py), hand-written
+# over flax's scan: batch 4 2.1x, 16 1.24x, 32 0.92x, and 0.6x at the quick
+# shape (batch 128, T=64, 64 units). A small batch is latency-bound: fewer,
+# larger kernels per time step win; a large one pays more for the stacked
+# residual buffers than it saves.
+_FUSED_LSTM_MAX_BATCH = 16
 
 
 class RNNClassifier(nn.Module):
@@ -18,24 +25,42 @@ class RNNClassifier(nn.Module):
     num_layers: number of stacked layers.
     dropout: dropout rate between layers and before the heads.
     num_classes: classes of the classification head.
+    lstm_impl: "fused" (jaxquant.models.lstm: hand-written backward), "scan"
+      (flax's OptimizedLSTMCell under nn.RNN, autodiff) or "auto" (fused for
+      batches up to 16). Same parameters and function either way.
   """
   cell: str = "gru"
   hidden: int = 128
   num_layers: int = 2
   dropout: float = 0.1
   num_classes: int = 2
+  lstm_impl: str = "auto"
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, *, train: bool):
-    cell_cls = _CELLS[self.cell]
+    if self.cell not in ("gru", "lstm"):
+      raise ValueError(f"model.cell={self.cell!r}: choose 'gru' or 'lstm'")
+    if self.lstm_impl not in ("auto", "fused", "scan"):
+      raise ValueError(f"model.lstm_impl={self.lstm_impl!r}: choose auto, fused or scan")
+    fused = self.cell == "lstm" and (
+        self.lstm_impl == "fused"
+        or (self.lstm_impl == "auto" and x.shape[0] <= _FUSED_LSTM_MAX_BATCH))
     h = x.astype(self.dtype)
     for i in range(self.num_layers):
       if i > 0:
         h = Dropout(self.dropout, deterministic=not train)(h)
-      h = nn.RNN(cell_cls(features=self.hidden, dtype=self.dtype,
-                          param_dtype=jnp.float32), name=f"rnn_{i}")(h)
+      last = i == self.num_layers - 1
+      if fused:
+        # Named like the OptimizedLSTMCell it stands for: same parameter tree.
+        h = LSTM(self.hidden, last_only=last, dtype=self.dtype,
+                 name=f"OptimizedLSTMCell_{i}")(h)
+      else:
+        cell = nn.GRUCell if self.cell == "gru" else nn.OptimizedLSTMCell
+        h = nn.RNN(cell(features=self.hidden, dtype=self.dtype, param_dtype=jnp.float32),
+                   name=f"rnn_{i}")(h)
+        h = h[:, -1] if last else h
     out = ClassAndReturnHead(self.num_classes, self.dropout, self.dtype, name="head")(
-        h[:, -1], train=train)
+        h, train=train)
     out["aux_loss"] = jnp.zeros((), jnp.float32)
     return out
