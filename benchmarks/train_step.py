@@ -418,7 +418,12 @@ def main(argv=None):
   p.add_argument("--cache_dir", default=os.path.join(
       os.path.expanduser("~"), ".cache", "jaxquant", "jax_compilation_cache"),
                  help="JAX persistent compilation cache ('' = off)")
+  p.add_argument("--malloc", choices=("keep", "default"), default="keep",
+                 help="keep: freed memory stays in the process for both frameworks "
+                 "(jaxquant.host_memory, as jaxquant.main does); default: glibc's own")
   args = p.parse_args(argv)
+  from jaxquant import host_memory
+  kept = args.malloc == "keep" and host_memory.keep_freed_memory()
   models = [m.strip() for m in args.models.split(",") if m.strip()]
   unknown = sorted(set(models) - set(MODELS))
   if unknown:
@@ -465,6 +470,7 @@ Versions: jax {jax.__version__} (backend {jax.default_backend()}), flax {flax.__
 torch {torch.__version__} ({torch.get_num_threads()} threads), Python {platform.python_version()}.
 Matmul peak (2048³ float32, same run, median of 5): jnp.dot {peak_jax:.1f} GFLOP/s,
 torch.mm {peak_torch:.1f} GFLOP/s (the faster of 1 and {cores} threads).
+Host memory: {"freed memory kept in the process (`jaxquant.host_memory`, as `jaxquant.main` does), for both frameworks" if kept else "glibc's default (freed blocks over 32 MiB unmapped)"}.
 
 {tab}
 

@@ -24,6 +24,7 @@ from ml_collections import config_flags
 import numpy as np
 
 from jaxquant import compile_cache
+from jaxquant import host_memory
 from jaxquant import config_check
 from jaxquant import io_utils
 
@@ -157,6 +158,7 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   compile_cache.enable()
+  host_memory.keep_freed_memory()
   if not FLAGS.configs or not FLAGS.workdir:
     sys.exit("error: --configs=A,B,... and --workdir=DIR are required")
   if FLAGS.seeds < 1:

@@ -8,6 +8,7 @@ from jaxquant.data import dataset
 from jaxquant.data import labels
 from jaxquant.data import sampling
 from jaxquant.models import resnet
+from jaxquant.models import rnn
 
 
 class ConfigError(ValueError):
@@ -82,6 +83,9 @@ def validate(config):
   if config.model.name == "resnet" and "conv_impl" in config.model:
     _require(config.model.conv_impl in resnet.CONV_IMPLS, "model.conv_impl",
              config.model.conv_impl, f"use one of {resnet.CONV_IMPLS}")
+  if config.model.name in ("gru", "lstm") and "lstm_impl" in config.model:
+    _require(config.model.lstm_impl in rnn.LSTM_IMPLS, "model.lstm_impl",
+             config.model.lstm_impl, f"use one of {rnn.LSTM_IMPLS}")
   try:
     losses.validate_loss_config(config.loss, 2)
   except ValueError as e:

@@ -17,6 +17,7 @@ import ml_collections
 from ml_collections import config_flags
 
 from jaxquant import compile_cache
+from jaxquant import host_memory
 from jaxquant import config_check
 from jaxquant import parallel
 
@@ -107,6 +108,7 @@ def main(argv):
   # full disk, instead of killing the process mid-save.
   signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
   compile_cache.enable()
+  host_memory.keep_freed_memory()
   if not os.environ.get("JAXQUANT_DEBUG"):
     _quiet_library_shutdown_noise()
   parallel.initialize_distributed()

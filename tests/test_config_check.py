@@ -22,6 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ("data.test_fraction", 0.9, ""),
     ("data.sampler", "magic", ""),
     ("model.name", "gpt5", ""),
+    ("model.lstm_impl", "cudnn", "use one of"),
     ("train.dtype", "float8", ""),
     ("eval.min_positive_rate", 0.7, ""),
 ])

@@ -14,6 +14,7 @@ from jaxquant.models.lstm import LSTM
 # larger kernels per time step win; a large one pays more for the stacked
 # residual buffers than it saves.
 _FUSED_LSTM_MAX_BATCH = 16
+LSTM_IMPLS = ("auto", "fused", "scan")
 
 
 class RNNClassifier(nn.Module):
@@ -41,8 +42,8 @@ class RNNClassifier(nn.Module):
   def __call__(self, x, *, train: bool):
     if self.cell not in ("gru", "lstm"):
       raise ValueError(f"model.cell={self.cell!r}: choose 'gru' or 'lstm'")
-    if self.lstm_impl not in ("auto", "fused", "scan"):
-      raise ValueError(f"model.lstm_impl={self.lstm_impl!r}: choose auto, fused or scan")
+    if self.lstm_impl not in LSTM_IMPLS:
+      raise ValueError(f"model.lstm_impl={self.lstm_impl!r}: use one of {LSTM_IMPLS}")
     fused = self.cell == "lstm" and (
         self.lstm_impl == "fused"
         or (self.lstm_impl == "auto" and x.shape[0] <= _FUSED_LSTM_MAX_BATCH))

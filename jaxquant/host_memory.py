@@ -1,0 +1,36 @@
+"""Keep freed host memory in the process instead of handing it back to the OS.
+
+glibc's malloc serves blocks over 32 MiB (its largest mmap threshold) with a
+fresh mmap and unmaps them on free. XLA:CPU allocates each step's scratch
+buffers anew, so a step with more than 32 MiB of temporaries page-faults all of
+it in again, every step: the quick MoE's 40 MiB cost ~10,000 page faults and
+~25 % of its train step on a 2-core VM (docs/performance.md). With mmap off
+(M_MMAP_MAX=0) and trimming at 2 GiB, freed blocks stay in the heap and the
+next step reuses them; the process keeps its peak heap (a training process's
+working set is the same every step anyway).
+
+JAXQUANT_MALLOC=default leaves glibc's behaviour alone. Elsewhere (macOS, musl)
+this does nothing.
+"""
+
+import ctypes
+import os
+import sys
+
+_M_TRIM_THRESHOLD = -1  # <malloc.h>
+_M_MMAP_MAX = -4
+_TRIM_AT = 2**31 - 1  # The largest int mallopt takes: 2 GiB.
+
+
+def keep_freed_memory():
+  """Applies the setting (glibc on Linux only); returns True when it did."""
+  if os.environ.get("JAXQUANT_MALLOC", "").lower() == "default":
+    return False
+  if not sys.platform.startswith("linux"):
+    return False
+  try:
+    libc = ctypes.CDLL("libc.so.6")
+    mallopt = libc.mallopt
+  except (OSError, AttributeError):  # Not glibc.
+    return False
+  return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_AT))
