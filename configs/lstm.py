@@ -12,7 +12,7 @@ def get_config(arg=None):
   c.name = c.name.replace("gru", "lstm")
   c.model.name = "lstm"
   # "fused": jaxquant/models/lstm.py (hand-written backward); "scan": flax's
-  # OptimizedLSTMCell + autodiff; "auto": fused for batches <= 16 (faster there
+  # OptimizedLSTMCell + autodiff; "auto": fused for batches <= 32 (faster there
   # on a CPU, slower at larger batches; see docs/performance.md).
   c.model.lstm_impl = "auto"
   return c

@@ -2,17 +2,21 @@
 
 `flax.linen.OptimizedLSTMCell` under `nn.RNN` leaves the backward to autodiff
 of `lax.scan`: XLA:CPU then runs ~20 small kernels per time step (each gate
-recomputed in several fusions, a dozen stacked residuals) and at the original's
-shape (T=500, batch 4) the train step took 2.5x PyTorch's fused oneDNN LSTM.
-Here, as cuDNN/oneDNN do:
+recomputed in several fusions, three matmuls per backward step, a dozen stacked
+residuals) and at the original's shape (T=500, batch 4) the train step took
+2.5x PyTorch's fused oneDNN LSTM. Here:
 
-- the input projection of all time steps is one matmul before the loop, and the
-  input/recurrent weight gradients are one matmul each after it;
-- the loop does one [B, H] x [H, 4H] matmul and one elementwise pass per step,
-  forward and backward, and stores per step only the gate activations and c;
+- each step is one matmul of [x_t, h, 1] with the stacked input, recurrent and
+  bias rows, forward; one [B, 4H] x [4H, H] matmul for dh, backward;
+- the weight gradient (all three blocks) is one matmul after the loop, and so is
+  the input gradient; per step only the gate activations and c are stored;
 - all four gates come from one tanh: i, f, o are sigmoids, and
   sigmoid(z) = (1 + tanh(z / 2)) / 2, so their pre-activation columns are
   halved (folded into the weights) and one tanh pass serves the four gates.
+
+(Hoisting the input projection out of the loop, as cuDNN does, was slower here:
+XLA:CPU's [T·B, F] x [F, 4H] matmul with F = 6 features and the bias broadcast
+over [T, B, 4H] cost more than the per-step matmul's extra rows.)
 
 Same parameters (names, shapes, initialisers) as `OptimizedLSTMCell`, so the
 parameter tree, checkpoints and the PyTorch twin's weight mapping are unchanged;
@@ -46,64 +50,6 @@ def _dot(a, w):
   return jnp.dot(a.astype(w.dtype), w, preferred_element_type=jnp.float32)
 
 
-@jax.custom_vjp
-def recurrence(zx, wh):
-  """Hidden states [T, B, H] (dtype of zx) of an LSTM from zero state.
-
-  Args:
-    zx: [T, B, 4H] input projections plus bias, time-major, columns scaled by
-      `gate_scale`.
-    wh: [H, 4H] recurrent kernel, columns scaled by `gate_scale`.
-  """
-  return _forward(zx, wh)[0]
-
-
-def _forward(zx, wh):
-  _, b, h4 = zx.shape
-  zero = jnp.zeros((b, h4 // 4), jnp.float32)
-
-  def step(carry, z):
-    c, h = carry
-    u = jnp.tanh(z.astype(jnp.float32) + _dot(h, wh))
-    i, f, g, o = _gates(u)
-    c = f * c + i * g
-    h = o * jnp.tanh(c)
-    return (c, h), (u, c, h)
-
-  _, (u, c, h) = lax.scan(step, (zero, zero), zx)
-  return h.astype(zx.dtype), (u, c, h, wh, jnp.zeros((0,), zx.dtype))
-
-
-def _backward(residuals, dhs):
-  u, c, hs, wh, zx_like = residuals
-  t_len, b, h4 = u.shape
-  hidden = h4 // 4
-  zero = jnp.zeros((b, hidden), jnp.float32)
-  wh_t = wh.T
-
-  def step(carry, inputs):
-    dh_next, dc_next, t = carry
-    ut, ct, dh_out = inputs
-    c_prev = jnp.where(t > 0, lax.dynamic_index_in_dim(c, jnp.maximum(t - 1, 0), 0, False),
-                       0.0)
-    i, f, g, o = _gates(ut)
-    dh = dh_out.astype(jnp.float32) + dh_next
-    tc = jnp.tanh(ct)
-    dc = dc_next + dh * o * (1 - tc * tc)
-    # d/du of (i, f, g, o) is (1/2, 1/2, 1, 1/2); du/dz = 1 - u².
-    dz = jnp.concatenate([0.5 * dc * g, 0.5 * dc * c_prev, dc * i, 0.5 * dh * tc],
-                         -1) * (1 - ut * ut)
-    return (_dot(dz, wh_t), dc * f, t - 1), dz
-
-  _, dz = lax.scan(step, (zero, zero, jnp.int32(t_len - 1)), (u, c, dhs), reverse=True)
-  h_prev = jnp.concatenate([jnp.zeros((1, b, hidden), hs.dtype), hs[:-1]], 0)
-  dwh = jnp.dot(h_prev.reshape(t_len * b, hidden).T, dz.reshape(t_len * b, h4))
-  return dz.astype(zx_like.dtype), dwh.astype(wh.dtype)
-
-
-recurrence.defvjp(_forward, _backward)
-
-
 class LSTM(nn.Module):
   """One LSTM layer over `[B, T, F]`: returns `[B, T, H]`, or `[B, H]` (the last
   step) with `last_only`. Parameters as `nn.OptimizedLSTMCell(features)`."""
@@ -126,12 +72,73 @@ class LSTM(nn.Module):
                                  bias_init=nn.initializers.zeros_init(),
                                  name=f"h{gate}")(probe_h)
       wi.append(kernel), wh.append(recurrent), bias.append(b)
-    scale = gate_scale(hidden)
-    wi = (jnp.concatenate(wi, 1) * scale).astype(self.dtype)
-    wh = (jnp.concatenate(wh, 1) * scale).astype(self.dtype)
-    bias = jnp.concatenate(bias) * scale
-    batch, steps, feats = x.shape
-    x_t = jnp.swapaxes(x.astype(self.dtype), 0, 1).reshape(steps * batch, feats)
-    zx = (_dot(x_t, wi) + bias).astype(self.dtype).reshape(steps, batch, 4 * hidden)
-    hs = recurrence(zx, wh)
+    w = jnp.concatenate([jnp.concatenate(wi, 1), jnp.concatenate(wh, 1),
+                         jnp.concatenate(bias)[None]], 0)
+    hs = recurrence(jnp.swapaxes(x.astype(self.dtype), 0, 1),
+                    (w * gate_scale(hidden)).astype(self.dtype))
     return hs[-1] if self.last_only else jnp.swapaxes(hs, 0, 1)
+
+
+@jax.custom_vjp
+def recurrence(x, w):
+  """Hidden states [T, B, H] (dtype of x) of an LSTM from zero state.
+
+  Args:
+    x: [T, B, F] inputs, time-major.
+    w: [F + H + 1, 4H] the input kernel, recurrent kernel and bias stacked as
+      rows (each step is one matmul of [x_t, h, 1] with it), columns scaled by
+      `gate_scale`.
+  """
+  return _forward(x, w)[0]
+
+
+def _forward(x, w):
+  b = x.shape[1]
+  h4 = w.shape[1]
+  zero = jnp.zeros((b, h4 // 4), jnp.float32)
+  ones = jnp.ones((b, 1), x.dtype)
+
+  def step(carry, xt):
+    c, h = carry
+    u = jnp.tanh(_dot(jnp.concatenate([xt, h.astype(x.dtype), ones], 1), w))
+    i, fg, g, o = _gates(u)
+    c = fg * c + i * g
+    h = o * jnp.tanh(c)
+    return (c, h), (u, c, h)
+
+  _, (u, c, h) = lax.scan(step, (zero, zero), x)
+  return h.astype(x.dtype), (u, c, h, w, x)
+
+
+def _backward(residuals, dhs):
+  u, c, hs, w, x = residuals
+  t_len, b, h4 = u.shape
+  hidden = h4 // 4
+  f = x.shape[-1]
+  zero = jnp.zeros((b, hidden), jnp.float32)
+  wh_t = w[f:f + hidden].T
+
+  def step(carry, inputs):
+    dh_next, dc_next, t = carry
+    ut, ct, dh_out = inputs
+    c_prev = jnp.where(t > 0, lax.dynamic_index_in_dim(c, jnp.maximum(t - 1, 0), 0, False),
+                       0.0)
+    i, fg, g, o = _gates(ut)
+    dh = dh_out.astype(jnp.float32) + dh_next
+    tc = jnp.tanh(ct)
+    dc = dc_next + dh * o * (1 - tc * tc)
+    dz = jnp.concatenate([0.5 * dc * g, 0.5 * dc * c_prev, dc * i, 0.5 * dh * tc],
+                         -1) * (1 - ut * ut)
+    return (_dot(dz, wh_t), dc * fg, t - 1), dz
+
+  _, dz = lax.scan(step, (zero, zero, jnp.int32(t_len - 1)), (u, c, dhs), reverse=True)
+  h_prev = jnp.concatenate([jnp.zeros((1, b, hidden), hs.dtype), hs[:-1]], 0)
+  a = jnp.concatenate([x.astype(jnp.float32), h_prev, jnp.ones((t_len, b, 1), jnp.float32)],
+                      -1).reshape(t_len * b, -1)
+  dz2 = dz.reshape(t_len * b, h4)
+  dw = jnp.dot(a.T, dz2)
+  dx = jnp.dot(dz2, w[:f].astype(jnp.float32).T).reshape(t_len, b, f)
+  return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+recurrence.defvjp(_forward, _backward)

@@ -8,12 +8,11 @@ from jaxquant.models.heads import ClassAndReturnHead
 from jaxquant.models.lstm import LSTM
 
 # Largest batch for which lstm_impl="auto" picks the hand-written LSTM. Train
-# step on a 2-core CPU, T=500, 2x128 (benchmarks/train_step.py), hand-written
-# over flax's scan: batch 4 2.1x, 16 1.24x, 32 0.92x, and 0.6x at the quick
-# shape (batch 128, T=64, 64 units). A small batch is latency-bound: fewer,
-# larger kernels per time step win; a large one pays more for the stacked
-# residual buffers than it saves.
-_FUSED_LSTM_MAX_BATCH = 16
+# step samples/s on a 2-core CPU, hand-written vs flax's scan: T=500, 2x128,
+# batch 4: 64 vs 24; batch 32: 64 vs 57; the quick shape (batch 128, T=64, 64
+# units): ~3,300 vs ~4,300. A small batch is latency-bound (fewer kernels per
+# step win); at a large one the scan's fused per-step weight gradients win.
+_FUSED_LSTM_MAX_BATCH = 32
 LSTM_IMPLS = ("auto", "fused", "scan")
 
 
@@ -28,7 +27,7 @@ class RNNClassifier(nn.Module):
     num_classes: classes of the classification head.
     lstm_impl: "fused" (jaxquant.models.lstm: hand-written backward), "scan"
       (flax's OptimizedLSTMCell under nn.RNN, autodiff) or "auto" (fused for
-      batches up to 16). Same parameters and function either way.
+      batches up to 32). Same parameters and function either way.
   """
   cell: str = "gru"
   hidden: int = 128
