@@ -308,6 +308,10 @@ def bench_model(model, shape, args, cache_dir):
     else:
       row[f"{name}_sps"] = None
   row["ratio"] = row["jax_sps"] / row["eager_sps"]
+  # Each repeat timed both back to back: its own ratio shows how far one run's
+  # ratio can drift on a shared machine.
+  paired = [e / j for j, e in zip(times["jax"], times["eager"], strict=True)]
+  row["ratio_lo"], row["ratio_hi"] = min(paired), max(paired)
   row["gflops"] = row["flops"] * row["jax_sps"] / batch / 1e9
   log(f"[{model}/{shape}] JAX {fmt_sps(row['jax_sps'])}/s  eager {fmt_sps(row['eager_sps'])}/s"
       f"  compiled {fmt_sps(row['compiled_sps'])}/s  ratio {row['ratio']:.2f}")
@@ -339,7 +343,8 @@ def table(rows, peak):
     lines.append(
         f"| {r['model']} | {r['shape']} ({r['T']}, {r['batch']}) | "
         f"{r['params_jax']:,} / {r['params_torch']:,}{same} | {fmt_sps(r['jax_sps'])} | "
-        f"{fmt_sps(r['eager_sps'])} ({r['threads']}) | {compiled} | {r['ratio']:.2f} | "
+        f"{fmt_sps(r['eager_sps'])} ({r['threads']}) | {compiled} | "
+        f"{r['ratio']:.2f} ({r['ratio_lo']:.2f}–{r['ratio_hi']:.2f}) | "
         f"{r['compile_s']:.1f}{' (cached)' if r['cached'] else ''} | "
         f"{r['flops'] / 1e9:.3g} ({r['flops_source']}) | "
         f"{r['gflops']:.1f} ({100 * r['gflops'] / peak:.0f} %) |")
@@ -391,8 +396,8 @@ def write_section(path, text, subsection):
   body = SECTION + "\n\n" + "\n\n".join(f"{t}\n\n{subs[t]}" for t in order) + "\n"
   new = before + body + ("\n" + after if after else "")
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, "w") as f:
-    f.write(new)
+  from jaxquant import io_utils
+  io_utils.atomic_write_text(path, new)
 
 
 def main(argv=None):
@@ -404,7 +409,7 @@ def main(argv=None):
   p.add_argument("--out", default=os.path.join(ROOT, "docs", "performance.md"),
                  help="markdown file whose section '%s' is (re)written; '' = none" % SECTION)
   p.add_argument("--repeats", type=int, default=None,
-                 help="timed runs per framework (default 5 with --quick, else 3)")
+                 help="timed runs per framework (default 11 with --quick, else 5)")
   p.add_argument("--target_s", type=float, default=None,
                  help="seconds per timed run (sets steps per run; default 0.4 quick, 1 full)")
   p.add_argument("--full_batch", type=int, default=4,
@@ -428,7 +433,7 @@ def main(argv=None):
   unknown = sorted(set(models) - set(MODELS))
   if unknown:
     p.error(f"unknown model(s) {unknown}; choose from {MODELS}")
-  args.repeats = args.repeats or (5 if args.quick else 3)
+  args.repeats = args.repeats or (11 if args.quick else 5)
   args.target_s = args.target_s or (0.25 if args.quick else 1.0)
   shapes = ["quick"] if args.quick else ["quick", "full"]
 
@@ -476,6 +481,9 @@ Host memory: {"freed memory kept in the process (`jaxquant.host_memory`, as `jax
 
 - samples/s: batch / median seconds per step over {args.repeats} timed runs (each of
   several consecutive steps, about {args.target_s:g} s), after 2 warm-up steps; compile excluded.
+- JAX / eager: ratio of the medians; in parentheses the lowest and highest ratio of a
+  single repeat (each repeat times both back to back), i.e. how far one short run's
+  ratio drifts on this machine.
 - JAX: `jaxquant.train.make_train_step` under `jax.jit(donate_argnums=0)` with the
   Runner's compiler options (`jaxquant.xla_options`: YNNPACK for dots only; XLA's
   default threads); torch: the twin in `benchmarks/torch_reference.py` (same layers and parameter
