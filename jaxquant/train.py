@@ -501,13 +501,6 @@ def _stop_reason(progress, config, last_record):
   if progress["bad_epochs"] >= config.train.patience:
     return f"early stopping: no better validation F1 for {progress['bad_epochs']} epochs"
   return None
-  if progress["collapsed_epochs"] >= config.eval.collapse_patience:
-    why = last_record.get("val_collapse_reason") or "collapsed"
-    return (f"collapsed: the model {why} on validation for {progress['collapsed_epochs']} "
-            "epochs in a row")
-  if progress["bad_epochs"] >= config.train.patience:
-    return f"early stopping: no better validation F1 for {progress['bad_epochs']} epochs"
-  return None
 
 
 def _log_tensorboard(tb, train_m, record, last_step):
