@@ -1,8 +1,8 @@
 """jaxquant.models.lstm.LSTM against flax's OptimizedLSTMCell under nn.RNN.
 
 The reference is flax's own cell with JAX autodiff of its scan: the hand-written
-backward, the tanh-form gates and the hoisted projections must reproduce its
-loss and gradients (every parameter, through two layers), with the same parameters.
+backward, the tanh-form gates and the per-step [x_t, h, 1] matmul must reproduce
+its loss and gradients (every parameter, through two layers), with the same parameters.
 """
 
 import flax.linen as nn

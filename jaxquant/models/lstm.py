@@ -9,7 +9,7 @@ residuals) and at the original's shape (T=500, batch 4) the train step took
 - each step is one matmul of [x_t, h, 1] with the stacked input, recurrent and
   bias rows, forward; one [B, 4H] x [4H, H] matmul for dh, backward;
 - the weight gradient (all three blocks) is one matmul after the loop, and so is
-  the input gradient; per step only the gate activations and c are stored;
+  the input gradient; per step the gate activations, c and h are stored;
 - all four gates come from one tanh: i, f, o are sigmoids, and
   sigmoid(z) = (1 + tanh(z / 2)) / 2, so their pre-activation columns are
   halved (folded into the weights) and one tanh pass serves the four gates.
@@ -117,23 +117,21 @@ def _backward(residuals, dhs):
   f = x.shape[-1]
   zero = jnp.zeros((b, hidden), jnp.float32)
   wh_t = w[f:f + hidden].T
+  shift = lambda a: jnp.concatenate([jnp.zeros((1, b, hidden), a.dtype), a[:-1]], 0)
 
   def step(carry, inputs):
-    dh_next, dc_next, t = carry
-    ut, ct, dh_out = inputs
-    c_prev = jnp.where(t > 0, lax.dynamic_index_in_dim(c, jnp.maximum(t - 1, 0), 0, False),
-                       0.0)
+    dh_next, dc_next = carry
+    ut, ct, c_prev, dh_out = inputs
     i, fg, g, o = _gates(ut)
     dh = dh_out.astype(jnp.float32) + dh_next
     tc = jnp.tanh(ct)
     dc = dc_next + dh * o * (1 - tc * tc)
     dz = jnp.concatenate([0.5 * dc * g, 0.5 * dc * c_prev, dc * i, 0.5 * dh * tc],
                          -1) * (1 - ut * ut)
-    return (_dot(dz, wh_t), dc * fg, t - 1), dz
+    return (_dot(dz, wh_t), dc * fg), dz
 
-  _, dz = lax.scan(step, (zero, zero, jnp.int32(t_len - 1)), (u, c, dhs), reverse=True)
-  h_prev = jnp.concatenate([jnp.zeros((1, b, hidden), hs.dtype), hs[:-1]], 0)
-  a = jnp.concatenate([x.astype(jnp.float32), h_prev, jnp.ones((t_len, b, 1), jnp.float32)],
+  _, dz = lax.scan(step, (zero, zero), (u, c, shift(c), dhs), reverse=True)
+  a = jnp.concatenate([x.astype(jnp.float32), shift(hs), jnp.ones((t_len, b, 1), jnp.float32)],
                       -1).reshape(t_len * b, -1)
   dz2 = dz.reshape(t_len * b, h4)
   dw = jnp.dot(a.T, dz2)
