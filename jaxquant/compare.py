@@ -24,8 +24,8 @@ from ml_collections import config_flags
 import numpy as np
 
 from jaxquant import compile_cache
-from jaxquant import host_memory
 from jaxquant import config_check
+from jaxquant import host_memory
 from jaxquant import io_utils
 
 FLAGS = flags.FLAGS

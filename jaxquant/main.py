@@ -17,8 +17,8 @@ import ml_collections
 from ml_collections import config_flags
 
 from jaxquant import compile_cache
-from jaxquant import host_memory
 from jaxquant import config_check
+from jaxquant import host_memory
 from jaxquant import parallel
 
 FLAGS = flags.FLAGS
