@@ -19,6 +19,7 @@ from jaxquant import losses
 from jaxquant import metrics as metrics_lib
 from jaxquant import mixup as mixup_lib
 from jaxquant import models
+from jaxquant import optim
 from jaxquant import parallel
 from jaxquant import report as report_lib
 from jaxquant import tb as tb_lib
@@ -59,9 +60,8 @@ def make_optimizer(train_config, steps_per_epoch, trainable=None):
   schedule = optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=train_config.lr, warmup_steps=warmup,
       decay_steps=total, end_value=train_config.end_lr)
-  tx = optax.chain(
-      optax.clip_by_global_norm(train_config.clip_norm),
-      optax.adamw(schedule, weight_decay=train_config.weight_decay, mask=decay_mask))
+  tx = optim.clip_adamw(schedule, train_config.clip_norm, train_config.weight_decay,
+                        mask=decay_mask)
   if trainable is not None:
     tx = optax.multi_transform(
         {"train": tx, "freeze": optax.set_to_zero()},
@@ -159,15 +159,17 @@ def make_train_step(model, tx, loss_fn, schedule, config, num_classes, total_ste
 
     (loss, (class_loss, return_loss, stats, updates)), grads = jax.value_and_grad(
         objective, has_aux=True)(state.params)
-    grad_norm = optax.tree.norm(grads)
+    grad_norm = optim.global_norm(grads)  # The clipping's expression: XLA computes it once.
     ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    param_updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    new = state.replace(params=optax.apply_updates(state.params, param_updates),
-                        batch_stats=updates.get("batch_stats", state.batch_stats),
-                        opt_state=opt_state)
-    # A non-finite step keeps the old state (jnp.where keeps NaNs out of it).
-    new = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, state)
-    new = new.replace(step=state.step + 1)
+    # A non-finite step keeps the old state: the optimizer leaves parameters,
+    # moments and counts as they were (`apply`), and jnp.where the batch statistics.
+    param_updates, opt_state = tx.update(grads, state.opt_state, state.params, apply=ok)
+    batch_stats = jax.tree.map(lambda a, b: jnp.where(ok, a, b),
+                               updates.get("batch_stats", state.batch_stats),
+                               state.batch_stats)
+    new = state.replace(step=state.step + 1,
+                        params=optax.apply_updates(state.params, param_updates),
+                        batch_stats=batch_stats, opt_state=opt_state)
     metrics = {"loss": loss, "class_loss": class_loss, "return_loss": return_loss,
                "grad_norm": grad_norm, "lr": schedule(state.step),
                "skipped": (~ok).astype(jnp.int32), "mixup": mixed.astype(jnp.float32),
