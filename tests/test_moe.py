@@ -124,6 +124,39 @@ def test_dispatch_equals_dense_reference_without_drops():
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
 
 
+
+def test_gradients_with_dropped_assignments_match_a_masked_dense_reference():
+  """The gather-only dispatch/combine backward, where capacity drops assignments."""
+  x = _x(batch=2, seq_len=24, seed=3)
+  layer, params = _layer_and_params(0.6, x)
+  g = np.random.default_rng(6).standard_normal(x.shape).astype(np.float32)
+  n = x.shape[0] * x.shape[1]
+  cap = moe.capacity(n, E, K, 0.6)
+
+  def masked_dense(p, x):
+    # Every expert on every token; a dropped assignment's weight is 0.
+    xf = x.reshape(-1, D)
+    logits = xf @ p["router"]["kernel"] + p["router"]["bias"]
+    _, idx, weights = moe.route(logits, K)
+    keep = moe.count_assignments(idx, E, cap)["keep"].reshape(K, n).T
+    dense_w = jnp.zeros((n, E)).at[jnp.arange(n)[:, None], idx].set(weights * keep)
+    out = moe._expert_mlp(p, jnp.broadcast_to(xf, (E,) + xf.shape), jnp.float32)
+    return jnp.einsum("ne,end->nd", dense_w, out).reshape(x.shape), jnp.mean(~keep)
+
+  @jit
+  def both(params, x):
+    sparse = lambda p, x: layer.apply({"params": p}, x, train=False)
+    f = lambda fn: jax.value_and_grad(
+        lambda p, x: (jnp.sum(fn(p, x)[0] * g), fn(p, x)[1]), argnums=(0, 1),
+        has_aux=True)(params, x)
+    return f(sparse), f(masked_dense)
+
+  ((_, extras), grads), ((_, dropped), want_grads) = both(params, x)
+  assert float(extras["dropped_fraction"]) > 0.1
+  np.testing.assert_allclose(float(extras["dropped_fraction"]), float(dropped), atol=1e-7)
+  for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads)):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
+
 @functools.lru_cache(maxsize=None)
 def _run_layer(capacity_factor):
   """(x, params, outputs of the jitted layer) — shared by the tests below."""

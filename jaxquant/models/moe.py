@@ -3,8 +3,9 @@
 Routing is top-k softmax (Switch/GShard style) with a fixed per-expert capacity.
 Dispatch gives every token→expert assignment a slot in its expert (choice-major
 priority; `count_assignments`, or the equivalent `sort_assignments`) and
-scatters the token vectors into a dense `[E, C, d]` buffer, so memory is
-O(E·C·d) = O(N·k·d), not the O(N·E·C) of a one-hot dispatch einsum.
+gathers the token vectors into a dense `[E, C, d]` buffer, so memory is
+O(E·C·d) = O(N·k·d), not the O(N·E·C) of a one-hot dispatch einsum. Dispatch
+and combine are row gathers both ways (`dispatch`, `combine`): no scatter.
 """
 
 import functools
@@ -149,6 +150,85 @@ def count_assignments(expert_idx, num_experts: int, cap: int):
           "keep": slot < cap, "counts": jnp.sum(onehot, axis=0)}
 
 
+def slot_maps(assignments, num_tokens: int, num_experts: int, cap: int):
+  """Index maps between assignments and expert slots (flat slot = expert·C + slot).
+
+  Args:
+    assignments: `count_assignments`'s dict ([N·k] arrays, choice-major).
+    num_tokens: N.
+    num_experts: E.
+    cap: capacity C.
+
+  Returns:
+    dict of int32 arrays: "slot_of_assignment" [N·k] (E·C = dropped),
+    "assignment_of_slot" [E·C] (N·k = empty), "token_of_slot" [E·C] (N = empty).
+  """
+  num_slots = num_experts * cap
+  num_assignments = assignments["expert"].shape[0]
+  flat = jnp.where(assignments["keep"], assignments["expert"] * cap + assignments["slot"],
+                   num_slots).astype(jnp.int32)
+  # Kept assignments own distinct slots; dropped ones (index E·C) are discarded.
+  owner = jnp.full((num_slots,), num_assignments, jnp.int32).at[flat].set(
+      jnp.arange(num_assignments, dtype=jnp.int32), mode="drop")
+  tokens = jnp.concatenate([assignments["token"].astype(jnp.int32),
+                            jnp.full((1,), num_tokens, jnp.int32)])
+  return {"slot_of_assignment": flat, "assignment_of_slot": owner,
+          "token_of_slot": tokens[owner]}
+
+
+def _rows(x, index):
+  """x[index] with one extra zero row at index len(x) (the "empty" index)."""
+  padded = jnp.concatenate([x, jnp.zeros((1,) + x.shape[1:], x.dtype)])
+  return jnp.take(padded, index, axis=0, mode="clip")
+
+
+@jax.custom_vjp
+def dispatch(xf, token_of_slot, slot_of_assignment):
+  """Expert slots from token rows: [N, d] → [E·C, d] (empty slots 0).
+
+  The backward is a gather too (each token sums the gradients of its k
+  assignments' slots) instead of autodiff's scatter-add: XLA:CPU's scatters
+  (and the zero buffers they start from) cost more than the expert matmuls at
+  small widths.
+  """
+  return _rows(xf, token_of_slot)
+
+
+def _dispatch_fwd(xf, token_of_slot, slot_of_assignment):
+  return dispatch(xf, token_of_slot, slot_of_assignment), (slot_of_assignment, xf.shape[0])
+
+
+def _dispatch_bwd(res, d_buf):
+  slot_of_assignment, n = res
+  per_assignment = _rows(d_buf, slot_of_assignment)  # [k·N, d], choice-major.
+  d_xf = per_assignment.reshape(-1, n, d_buf.shape[-1]).sum(0)
+  return d_xf, None, None
+
+
+dispatch.defvjp(_dispatch_fwd, _dispatch_bwd)
+
+
+@jax.custom_vjp
+def combine(out_buf, slot_of_assignment, assignment_of_slot):
+  """Each assignment's expert output: [E·C, d] → [N·k, d] (dropped → 0).
+
+  Backward: each slot takes the gradient of the one assignment it holds (a
+  gather by the inverse map), not a scatter-add.
+  """
+  return _rows(out_buf, slot_of_assignment)
+
+
+def _combine_fwd(out_buf, slot_of_assignment, assignment_of_slot):
+  return combine(out_buf, slot_of_assignment, assignment_of_slot), assignment_of_slot
+
+
+def _combine_bwd(assignment_of_slot, d_y):
+  return _rows(d_y, assignment_of_slot), None, None
+
+
+combine.defvjp(_combine_fwd, _combine_bwd)
+
+
 def _expert_mlp(params, xs, dtype):
   """Runs every expert on its own rows: xs [E, C, d] → [E, C, d] (GELU MLP)."""
   h = jnp.einsum("ecd,edh->ech", xs, params["w_in"].astype(dtype))
@@ -231,18 +311,19 @@ class MoEFeedForward(nn.Module):
 
     cap = capacity(n, e, k, self.capacity_factor)
     a = count_assignments(expert_idx, e, cap)
-    # Scatter token rows into [E, C, d]; dropped assignments (slot >= C) are out
-    # of bounds and mode="drop" discards them (their gradient is 0 too).
-    buf = jnp.zeros((e, cap, d), self.dtype)
-    buf = buf.at[a["expert"], a["slot"]].set(xf.astype(self.dtype)[a["token"]], mode="drop")
+    slots = slot_maps(a, n, e, cap)
+    # Token rows into [E, C, d] (empty slots 0), each assignment's expert output
+    # back (dropped → 0): both are row gathers, forward and backward.
+    buf = dispatch(xf.astype(self.dtype), slots["token_of_slot"],
+                   slots["slot_of_assignment"]).reshape(e, cap, d)
     out_buf = _expert_mlp(params, buf, self.dtype)
-    # Gather each assignment's expert output back (dropped → 0), weight, and sum
-    # the k assignments of every token. A token whose assignments were all
-    # dropped gets 0 here; the residual connection carries it.
-    y_assign = out_buf.at[a["expert"], a["slot"]].get(mode="fill", fill_value=0)
-    w = weights.T.reshape(-1) * a["keep"]  # Same choice-major order.
-    y = jnp.zeros((n, d), jnp.float32).at[a["token"]].add(
-        w[:, None] * y_assign.astype(jnp.float32))
+    y_assign = combine(out_buf.reshape(e * cap, d), slots["slot_of_assignment"],
+                       slots["assignment_of_slot"])
+    # Weight and sum the k assignments of every token (choice-major: a = choice·N
+    # + token). A token whose assignments were all dropped gets 0 here; the
+    # residual connection carries it.
+    w = weights.T.reshape(-1) * a["keep"]
+    y = (w[:, None] * y_assign.astype(jnp.float32)).reshape(k, n, d).sum(0)
     y = Dropout(self.dropout, deterministic=not train)(y.astype(self.dtype))
 
     # Switch/GShard load balancing: E · Σ_e f_e · P_e with f_e = share of tokens
