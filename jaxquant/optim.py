@@ -30,11 +30,6 @@ def global_norm(tree):
   return jnp.sqrt(total)
 
 
-def _safe_increment(count):
-  # optax.safe_increment: saturates instead of wrapping around.
-  return jnp.where(count < jnp.iinfo(count.dtype).max, count + 1, count)
-
-
 def clip_adamw(learning_rate, clip_norm, weight_decay, mask=None, b1=0.9, b2=0.999,
                eps=1e-8):
   """Clip by global norm → AdamW (decoupled weight decay on `mask`) → -learning_rate.
@@ -66,7 +61,7 @@ def clip_adamw(learning_rate, clip_norm, weight_decay, mask=None, b1=0.9, b2=0.9
     apply = jnp.asarray(apply, bool)
     norm = global_norm(grads)
     clip_scale = jnp.where(norm < clip_norm, 1.0, clip_norm / norm)
-    count = jnp.where(apply, _safe_increment(adam.count), adam.count)
+    count = jnp.where(apply, optax.safe_increment(adam.count), adam.count)
     mu_correction = (1 - b1**count).astype(jnp.float32)
     nu_correction = (1 - b2**count).astype(jnp.float32)
     step_size = -jnp.asarray(schedule(lr_state.count), jnp.float32)
@@ -90,7 +85,7 @@ def clip_adamw(learning_rate, clip_norm, weight_decay, mask=None, b1=0.9, b2=0.9
       return jnp.where(apply, step_size * u, 0.0).astype(p.dtype)
 
     updates = jax.tree.map(param_update, new_mu, new_nu, params, decays)
-    lr_count = jnp.where(apply, _safe_increment(lr_state.count), lr_state.count)
+    lr_count = jnp.where(apply, optax.safe_increment(lr_state.count), lr_state.count)
     new_state = (clip_state, (adam._replace(count=count, mu=new_mu, nu=new_nu),
                               decay_state, lr_state._replace(count=lr_count)))
     return updates, new_state
