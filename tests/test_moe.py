@@ -135,13 +135,9 @@ def test_gradients_with_dropped_assignments_match_a_masked_dense_reference():
 
   def masked_dense(p, x):
     # Every expert on every token; a dropped assignment's weight is 0.
-    xf = x.reshape(-1, D)
-    logits = xf @ p["router"]["kernel"] + p["router"]["bias"]
-    _, idx, weights = moe.route(logits, K)
-    keep = moe.count_assignments(idx, E, cap)["keep"].reshape(K, n).T
-    dense_w = jnp.zeros((n, E)).at[jnp.arange(n)[:, None], idx].set(weights * keep)
-    out = moe._expert_mlp(p, jnp.broadcast_to(xf, (E,) + xf.shape), jnp.float32)
-    return jnp.einsum("ne,end->nd", dense_w, out).reshape(x.shape), jnp.mean(~keep)
+    _, idx, _ = moe.route(x.reshape(-1, D) @ p["router"]["kernel"] + p["router"]["bias"], K)
+    dropped = jnp.mean(~moe.count_assignments(idx, E, cap)["keep"])
+    return moe.moe_dense_reference(p, x, K, cap), dropped
 
   @jit
   def both(params, x):

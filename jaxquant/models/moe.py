@@ -237,27 +237,34 @@ def _expert_mlp(params, xs, dtype):
   return y + params["b_out"].astype(dtype)[:, None, :]
 
 
-def moe_dense_reference(params, x, top_k: int):
+def moe_dense_reference(params, x, top_k: int, cap: int | None = None):
   """Every expert on every token, combined with the router's top-k weights.
 
-  Non-selected experts get weight 0 and nothing is ever dropped, so this equals
-  `MoEFeedForward` whenever its capacity is large enough (test reference).
+  Non-selected experts get weight 0. With `cap` = None nothing is dropped, so this
+  equals `MoEFeedForward` whenever its capacity is large enough; with the layer's
+  `cap`, the assignments it drops (`count_assignments`) get weight 0 too (test
+  reference).
 
   Args:
     params: the MoEFeedForward's params ({"router": {...}, "w_in": ...}).
     x: [..., d] tokens.
     top_k: experts per token.
+    cap: None or the capacity C per expert.
 
   Returns:
     [..., d] float32 outputs (no dropout).
   """
   shape = x.shape
   xf = x.reshape(-1, shape[-1]).astype(jnp.float32)
+  n = xf.shape[0]
   logits = xf @ params["router"]["kernel"] + params["router"]["bias"]
   _, expert_idx, weights = route(logits, top_k)
   num_experts = params["w_in"].shape[0]
-  dense_w = jnp.zeros((xf.shape[0], num_experts), jnp.float32)
-  dense_w = dense_w.at[jnp.arange(xf.shape[0])[:, None], expert_idx].set(weights)
+  if cap is not None:
+    keep = count_assignments(expert_idx, num_experts, cap)["keep"]  # Choice-major.
+    weights = weights * keep.reshape(top_k, n).T
+  dense_w = jnp.zeros((n, num_experts), jnp.float32)
+  dense_w = dense_w.at[jnp.arange(n)[:, None], expert_idx].set(weights)
   # [E, N, d]: the same token rows fed to every expert.
   all_out = _expert_mlp(params, jnp.broadcast_to(xf, (num_experts,) + xf.shape), jnp.float32)
   y = jnp.einsum("ne,end->nd", dense_w, all_out)
