@@ -31,9 +31,9 @@ def _grads(key, params, size):
   return jax.tree.unflatten(treedef, [x * (size / norm) for x in g])
 
 
-def _reference():
-  return optax.chain(optax.clip_by_global_norm(CLIP),
-                     optax.adamw(SCHEDULE, weight_decay=WD, mask=train.decay_mask))
+def _reference(schedule=SCHEDULE, clip=CLIP, weight_decay=WD):
+  return optax.chain(optax.clip_by_global_norm(clip),
+                     optax.adamw(schedule, weight_decay=weight_decay, mask=train.decay_mask))
 
 
 def _close(a, b, rtol=2e-5, atol=1e-7):
@@ -105,9 +105,7 @@ def test_frozen_parameters_under_peft():
   heads = train.trainable_fn(peft)
   tx, schedule = train.make_optimizer(peft, steps_per_epoch=5, trainable=heads)
   ref = optax.multi_transform(
-      {"train": optax.chain(optax.clip_by_global_norm(cfg.clip_norm),
-                            optax.adamw(schedule, weight_decay=cfg.weight_decay,
-                                        mask=train.decay_mask)),
+      {"train": _reference(schedule, cfg.clip_norm, cfg.weight_decay),
        "freeze": optax.set_to_zero()},
       lambda p: jax.tree.map(lambda t: "train" if t else "freeze", heads(p)))
   s, s_ref = tx.init(params), ref.init(params)
