@@ -46,13 +46,14 @@ def clip_adamw(learning_rate, clip_norm, weight_decay, mask=None, b1=0.9, b2=0.9
     params, apply=True)` takes `apply` (a boolean scalar): False gives zero
     updates and the unchanged state.
   """
-  schedule = learning_rate if callable(learning_rate) else (lambda _: learning_rate)
+  # A float becomes a constant schedule, so the state always has the rate's step count.
+  schedule = (learning_rate if callable(learning_rate)
+              else optax.constant_schedule(learning_rate))
   # The reference chain: it builds the state (same structure as before, so older
   # checkpoints restore) and documents what `update` computes.
   reference = optax.chain(
       optax.clip_by_global_norm(clip_norm),
-      optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
-                  mask=mask))
+      optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=mask))
 
   def update(grads, state, params=None, *, apply=True, **_):
     if params is None:

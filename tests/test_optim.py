@@ -77,6 +77,17 @@ def test_steps_match_optax(grad_size):
   _close(p_ours, p_ref)
 
 
+def test_a_constant_learning_rate_matches_optax():
+  params = _params(jax.random.key(4))
+  ours, ref = optim.clip_adamw(1e-3, CLIP, WD, mask=train.decay_mask), _reference(1e-3)
+  s_ours, s_ref = ours.init(params), ref.init(params)
+  for step in range(2):
+    g = _grads(jax.random.key(30 + step), params, 3.0)
+    u_ours, s_ours = ours.update(g, s_ours, params)
+    u_ref, s_ref = ref.update(g, s_ref, params)
+    _close(u_ours, u_ref)
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
 def test_skipped_step_changes_nothing(bad):
   params = _params(jax.random.key(2))
