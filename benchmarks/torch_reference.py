@@ -402,22 +402,31 @@ def focal_loss(logits, y, alpha, gamma=2.0):
   return (-alpha[y] * (1 - log_p.exp()) ** gamma * log_p).mean()
 
 
-def make_torch_train_step(model, config, alpha, compile=False, steps_per_epoch=100):
+def make_torch_train_step(model, config, alpha, compile=False, steps_per_epoch=100,
+                          autocast_dtype=None):
   """The original's training step: AdamW + clip_grad_norm_(clip) + focal / CE (+ λ·MSE on
   the return + the model's aux loss), eager (or the loss under `torch.compile`).
+
+  Runs on the device of the model's parameters. `autocast_dtype` (e.g.
+  torch.bfloat16): forward and loss under `torch.autocast` in that dtype, float32
+  parameters and optimizer (PyTorch's mixed precision; jaxquant's `train.dtype`).
 
   Returns:
     `step(x, y, r) -> loss tensor` (one optimizer update).
   """
   tc, lc = config.train, config.loss
+  device = next(model.parameters()).device
   opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
   sched = torch.optim.lr_scheduler.CosineAnnealingLR(
       opt, T_max=max(tc.epochs * steps_per_epoch, 1), eta_min=tc.end_lr)
-  alpha = torch.as_tensor(alpha, dtype=torch.float32)
+  alpha = torch.as_tensor(alpha, dtype=torch.float32, device=device)
   ret_w = float(lc.return_weight)
 
   def objective(x, y, r):
-    out = model(x)
+    with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
+                        enabled=autocast_dtype is not None):
+      out = model(x)
+    out = {k: v.float() for k, v in out.items()}
     if lc.name == "ce":
       cls = F.cross_entropy(out["logits"], y, weight=alpha)
     else:

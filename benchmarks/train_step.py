@@ -3,11 +3,13 @@
     python benchmarks/train_step.py --quick                   # quick shapes, < 3 min on 2 cores
     python benchmarks/train_step.py                           # quick + full-scale shapes
     python benchmarks/train_step.py --models=gru,lstm --out=/tmp/perf.md
+    python benchmarks/train_step.py --device=gpu --dtype=bfloat16   # on a GPU machine
 
 What it measures, for each model (gru, lstm, resnet, transformer, moe) and shape:
 samples/s of one full training step — forward, backward, optimizer update — as
 the median over repeats of timed runs of consecutive steps (warm-up and compile
-excluded; JAX synchronised with `jax.block_until_ready`, torch CPU needs none):
+excluded; JAX synchronised with `jax.block_until_ready`, torch with
+`torch.cuda.synchronize()` on a GPU; on a CPU its ops return finished tensors):
 
 - JAX: `jaxquant.train.make_train_step` on the config's model (the step we ship:
   focal loss, clip by global norm, AdamW on warmup + cosine, the non-finite
@@ -28,14 +30,20 @@ JAX and torch run on the same random batch, in alternation (one timed run of
 each per repeat), so a busy shared machine slows both alike.
 
 Shapes: "quick" = the `:quick` configs (T=64, batch 128, small widths);
-"full" = configs/<model>.py (T=500, original widths) at a small batch
-(`--full_batch`, default 4; full shapes are slow on a CPU), skipped under --quick.
+"full" = configs/<model>.py (T=500, original widths) at a small batch on a CPU
+(`--full_batch`, default 4; full shapes are slow there) and the config's own batch
+(the original's) on a GPU; skipped under --quick.
+
+`--device=gpu` runs both frameworks on the GPU (JAX's default backend must be one
+and torch must see it through CUDA; `auto` picks it when both do); `--dtype=bfloat16`
+computes in bfloat16 with float32 parameters and optimizer in both: JAX's
+`train.dtype`, torch's `autocast`. The GPU results go to their own subsection.
 
 FLOPs of a step come from XLA's cost analysis of the compiled JAX step
 (`compiled.cost_analysis()["flops"]`), except for GRU/LSTM: XLA counts the body
 of the time loop (a while loop) once, so their FLOPs are counted analytically
-(3 × forward matmul FLOPs). The matmul peak is a 2048³ float32 `jnp.dot` (and
-`torch.mm`) measured in the same run.
+(3 × forward matmul FLOPs). The matmul peak is an n³ `jnp.dot` (and `torch.mm`) in
+the run's dtype, measured in the same run (n = 2048 on a CPU, 8192 on a GPU).
 
 The results go to stdout as a markdown table and into `--out` (default
 docs/performance.md) as the section "## Train step: JAX vs PyTorch" (other
@@ -46,6 +54,10 @@ sections of the file are kept). The last line printed is
 import argparse
 import math
 import os
+
+# On a GPU both frameworks share the device's memory: JAX takes what it needs
+# instead of 75 % up front. Set before JAX starts its backend.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 import platform
 import re
 import statistics
@@ -105,32 +117,68 @@ def cost_flops(compiled):
   return float((cost or {}).get("flops", float("nan")))
 
 
-def matmul_peak(n=2048, repeats=5):
-  """GFLOP/s of an n³ float32 matmul: (jnp.dot, torch.mm), medians."""
+def matmul_size(device):
+  return 8192 if device == "gpu" else 2048
+
+
+def matmul_peak(device="cpu", dtype="float32", repeats=5):
+  """GFLOP/s of an n³ matmul in `dtype` (n = `matmul_size`): (jnp.dot, torch.mm), medians.
+
+  On a CPU torch is timed at 1 and all-cores threads (the faster counts); on a GPU
+  each timed run is 10 back-to-back products (one takes ~1 ms), synchronised.
+  """
   import torch
+  n = matmul_size(device)
+  gpu = device == "gpu"
+  inner = 10 if gpu else 1
   rng = np.random.default_rng(0)
   a = rng.normal(size=(n, n)).astype(np.float32)
   b = rng.normal(size=(n, n)).astype(np.float32)
-  ja, jb = jnp.asarray(a), jnp.asarray(b)
+  ja, jb = (jnp.asarray(v, dtype) for v in (a, b))
   dot = jax.jit(jnp.dot)
   jax.block_until_ready(dot(ja, jb))
-  ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+  tdev = "cuda" if gpu else "cpu"
+  ta, tb = (torch.from_numpy(v).to(tdev, getattr(torch, dtype)) for v in (a, b))
   torch.mm(ta, tb)
-  threads = sorted({1, os.cpu_count() or 1})
+  sync = torch.cuda.synchronize if gpu else (lambda: None)
+  sync()
+  threads = [0] if gpu else sorted({1, os.cpu_count() or 1})
   tj, tt = [], {k: [] for k in threads}
   for _ in range(repeats):
     t0 = time.perf_counter()
-    jax.block_until_ready(dot(ja, jb))
-    tj.append(time.perf_counter() - t0)
+    for _ in range(inner):
+      out = dot(ja, jb)
+    jax.block_until_ready(out)
+    tj.append((time.perf_counter() - t0) / inner)
     for k in threads:
-      torch.set_num_threads(k)
+      if k:
+        torch.set_num_threads(k)
       t0 = time.perf_counter()
-      torch.mm(ta, tb)
-      tt[k].append(time.perf_counter() - t0)
-  torch.set_num_threads(os.cpu_count() or 1)
+      for _ in range(inner):
+        torch.mm(ta, tb)
+      sync()
+      tt[k].append((time.perf_counter() - t0) / inner)
+  if not gpu:
+    torch.set_num_threads(os.cpu_count() or 1)
   flops = 2.0 * n**3
   return (flops / statistics.median(tj) / 1e9,
           max(flops / statistics.median(v) / 1e9 for v in tt.values()))
+
+
+def resolve_device(name):
+  """"cpu" or "gpu" for --device; auto = gpu when JAX's backend and torch both have one."""
+  import torch
+  jax_gpu, torch_gpu = jax.default_backend() == "gpu", torch.cuda.is_available()
+  if name == "auto":
+    name = "gpu" if jax_gpu and torch_gpu else "cpu"
+  if name == "gpu" and not (jax_gpu and torch_gpu):
+    raise SystemExit(f"--device=gpu: JAX's default backend is {jax.default_backend()!r} and "
+                     f"torch.cuda.is_available() is {torch_gpu}; both must see the GPU "
+                     "(install jax[cuda12] and a CUDA build of torch)")
+  if name == "cpu" and jax.default_backend() != "cpu":
+    raise SystemExit(f"--device=cpu: JAX's default backend is {jax.default_backend()!r}; "
+                     "run with JAX_PLATFORMS=cpu")
+  return name
 
 
 # --------------------------------------------------------------------------- steps
@@ -194,7 +242,7 @@ def run_jax(j, steps):
   return dt
 
 
-def torch_setup(config, host_batch, alpha, compile):
+def torch_setup(config, host_batch, alpha, compile, device="cpu"):
   import torch
   from benchmarks import torch_reference
   if compile:
@@ -202,18 +250,24 @@ def torch_setup(config, host_batch, alpha, compile):
     # second shape would otherwise be recompiled with dynamic shapes.
     torch._dynamo.reset()
   torch.manual_seed(0)
-  model = torch_reference.build_torch_model(config, 2, NUM_FEATURES)
-  step = torch_reference.make_torch_train_step(model, config, alpha, compile=compile)
-  tb = tuple(torch.from_numpy(host_batch[k]) for k in ("x", "y", "r"))
+  tdev = "cuda" if device == "gpu" else "cpu"
+  model = torch_reference.build_torch_model(config, 2, NUM_FEATURES).to(tdev)
+  autocast = None if config.train.dtype == "float32" else getattr(torch, config.train.dtype)
+  step = torch_reference.make_torch_train_step(model, config, alpha, compile=compile,
+                                               autocast_dtype=autocast)
+  tb = tuple(torch.from_numpy(host_batch[k]).to(tdev) for k in ("x", "y", "r"))
   tb = (tb[0], tb[1].long(), tb[2])
-  return {"step": step, "batch": tb, "params": torch_reference.count_params(model)}
+  return {"step": step, "batch": tb, "params": torch_reference.count_params(model),
+          "sync": torch.cuda.synchronize if tdev == "cuda" else None}
 
 
 def run_torch(t, steps):
   t0 = time.perf_counter()
   for _ in range(steps):
     loss = t["step"](*t["batch"])
-  loss.item()  # CPU tensors: already computed; this just reads the value.
+  if t["sync"]:
+    t["sync"]()  # CUDA launches are asynchronous: wait for the last step's kernels.
+  loss.item()  # On a CPU the ops are done; this just reads the value.
   return time.perf_counter() - t0
 
 
@@ -255,11 +309,18 @@ def compile_policy_text(args):
                   "inductor unrolls the T=500 recurrence"}[args.torch_compile]
 
 
+def full_batch(args, config):
+  """The full shapes' batch: the config's on a GPU, at most --full_batch (4) on a CPU."""
+  if args.full_batch:
+    return min(config.train.batch_size, args.full_batch)
+  return config.train.batch_size if args.device == "gpu" else min(config.train.batch_size, 4)
+
+
 def bench_model(model, shape, args, cache_dir):
   import torch
   config = get_config(model, shape)
-  batch = config.train.batch_size if shape == "quick" else min(config.train.batch_size,
-                                                                args.full_batch)
+  config.train.dtype = args.dtype
+  batch = config.train.batch_size if shape == "quick" else full_batch(args, config)
   host = make_batch(config, batch)
   row = {"model": model, "shape": shape, "T": config.data.window, "batch": batch}
   log(f"[{model}/{shape}] JAX: build + compile ...")
@@ -269,17 +330,25 @@ def bench_model(model, shape, args, cache_dir):
   log(f"[{model}/{shape}] JAX compile {j['compile_s']:.1f}s"
       f"{' (cached)' if j['cached'] else ''}; torch eager ...")
   runners = {"jax": (j, run_jax)}
-  te = torch_setup(config, host, j["alpha"], compile=False)
-  runners["eager"] = (te, run_torch)
-  row["params_torch"] = te["params"]
-  options = [args.torch_threads] if args.torch_threads else sorted({1, os.cpu_count() or 1})
-  row["threads"], eager_s = pick_torch_threads(te, options)
-  log(f"[{model}/{shape}] torch threads {row['threads']} ({eager_s:.3f} s/step)")
+  te = torch_setup(config, host, j["alpha"], compile=False, device=args.device)
+  row["params_torch"], row["eager_note"] = te["params"], None
+  try:
+    run_torch(te, 1)
+    runners["eager"] = (te, run_torch)
+  except RuntimeError as e:  # A kernel this device/dtype lacks (CPU oneDNN LSTM in bf16).
+    log(f"[{model}/{shape}] torch eager failed: {str(e).strip().splitlines()[0][:160]}")
+    row["eager_note"] = f"n/a ({type(e).__name__})"
+  if args.device == "gpu" or "eager" not in runners:
+    row["threads"] = "GPU" if args.device == "gpu" else "-"
+  else:
+    options = [args.torch_threads] if args.torch_threads else sorted({1, os.cpu_count() or 1})
+    row["threads"], eager_s = pick_torch_threads(te, options)
+    log(f"[{model}/{shape}] torch threads {row['threads']} ({eager_s:.3f} s/step)")
   row["compile_torch"], row["compile_note"] = None, compile_policy(model, shape, args)
   if row["compile_note"] is None:
     log(f"[{model}/{shape}] torch.compile ...")
     try:
-      tc = torch_setup(config, host, j["alpha"], compile=True)
+      tc = torch_setup(config, host, j["alpha"], compile=True, device=args.device)
       t0 = time.perf_counter()
       run_torch(tc, 1)  # Compiles (forward and backward) on the first call.
       row["compile_torch"] = time.perf_counter() - t0
@@ -307,20 +376,28 @@ def bench_model(model, shape, args, cache_dir):
       row[f"{name}_spread"] = (max(times[name]) - min(times[name])) / sec
     else:
       row[f"{name}_sps"] = None
-  row["ratio"] = row["jax_sps"] / row["eager_sps"]
-  # Each repeat timed both back to back: its own ratio shows how far one run's
-  # ratio can drift on a shared machine.
-  paired = [e / j for j, e in zip(times["jax"], times["eager"], strict=True)]
-  row["ratio_lo"], row["ratio_hi"] = min(paired), max(paired)
+  row["ratio"] = row["ratio_lo"] = row["ratio_hi"] = None
+  if "eager" in times:
+    row["ratio"] = row["jax_sps"] / row["eager_sps"]
+    # Each repeat timed both back to back: its own ratio shows how far one run's
+    # ratio can drift on a shared machine.
+    paired = [e / j for j, e in zip(times["jax"], times["eager"], strict=True)]
+    row["ratio_lo"], row["ratio_hi"] = min(paired), max(paired)
   row["gflops"] = row["flops"] * row["jax_sps"] / batch / 1e9
   log(f"[{model}/{shape}] JAX {fmt_sps(row['jax_sps'])}/s  eager {fmt_sps(row['eager_sps'])}/s"
-      f"  compiled {fmt_sps(row['compiled_sps'])}/s  ratio {row['ratio']:.2f}")
+      f"  compiled {fmt_sps(row['compiled_sps'])}/s  ratio {fmt_ratio(row)}")
   del runners, j
   torch.set_num_threads(os.cpu_count() or 1)
   return row
 
 
 # --------------------------------------------------------------------------- report
+
+
+def fmt_ratio(r):
+  if r["ratio"] is None:
+    return "n/a"
+  return f"{r['ratio']:.2f} ({r['ratio_lo']:.2f}–{r['ratio_hi']:.2f})"
 
 
 def fmt_sps(v):
@@ -343,8 +420,8 @@ def table(rows, peak):
     lines.append(
         f"| {r['model']} | {r['shape']} ({r['T']}, {r['batch']}) | "
         f"{r['params_jax']:,} / {r['params_torch']:,}{same} | {fmt_sps(r['jax_sps'])} | "
-        f"{fmt_sps(r['eager_sps'])} ({r['threads']}) | {compiled} | "
-        f"{r['ratio']:.2f} ({r['ratio_lo']:.2f}–{r['ratio_hi']:.2f}) | "
+        f"{r['eager_note'] or fmt_sps(r['eager_sps'])} ({r['threads']}) | {compiled} | "
+        f"{fmt_ratio(r)} | "
         f"{r['compile_s']:.1f}{' (cached)' if r['cached'] else ''} | "
         f"{r['flops'] / 1e9:.3g} ({r['flops_source']}) | "
         f"{r['gflops']:.1f} ({100 * r['gflops'] / peak:.0f} %) |")
@@ -366,25 +443,33 @@ def machine():
 SUBSECTIONS = ("### Quick shapes (`--quick`)", "### Quick and full-scale shapes")
 
 
-def write_section(path, text, subsection):
-  """Writes `text` as `subsection` of SECTION in the markdown file `path`.
+def subsection(args, gpu):
+  """Where this run's table goes: one subsection per (CPU/GPU, quick/all, dtype)."""
+  title = SUBSECTIONS[0] if args.quick else SUBSECTIONS[1]
+  if gpu or args.dtype != "float32":
+    title += f" on {'a GPU' if gpu else 'a CPU'}, {args.dtype}"
+  return title
 
-  Only that subsection changes: the section's other subsection (the other mode's
-  last run) and the file's other sections are kept. A missing file or section
-  is created.
+
+def write_section(path, text, subsection, section=SECTION, order=SUBSECTIONS):
+  """Writes `text` as `subsection` of `section` in the markdown file `path`.
+
+  Only that subsection changes: the section's other subsections (other modes'
+  last runs) and the file's other sections are kept; subsections named in
+  `order` come first. A missing file or section is created.
   """
   old = ""
   if os.path.exists(path):
     with open(path) as f:
       old = f.read()
-  start = old.find(SECTION + "\n") if old else -1
-  if start < 0 and old.endswith(SECTION):
-    start = len(old) - len(SECTION)
+  start = old.find(section + "\n") if old else -1
+  if start < 0 and old.endswith(section):
+    start = len(old) - len(section)
   subs = {}
   if start >= 0:
-    nxt = re.search(r"^## ", old[start + len(SECTION):], re.M)
-    end = start + len(SECTION) + nxt.start() if nxt else len(old)
-    inner = old[start + len(SECTION):end]
+    nxt = re.search(r"^## ", old[start + len(section):], re.M)
+    end = start + len(section) + nxt.start() if nxt else len(old)
+    inner = old[start + len(section):end]
     for m in re.finditer(r"^(### .*)\n((?:(?!^### ).*\n?)*)", inner, re.M):
       subs[m.group(1).strip()] = m.group(2).strip()
     before, after = old[:start], old[end:]
@@ -392,8 +477,8 @@ def write_section(path, text, subsection):
     before = old.rstrip("\n") + "\n\n" if old else "# Performance\n\n"
     after = ""
   subs[subsection] = text.strip()
-  order = [t for t in SUBSECTIONS if t in subs] + [t for t in subs if t not in SUBSECTIONS]
-  body = SECTION + "\n\n" + "\n\n".join(f"{t}\n\n{subs[t]}" for t in order) + "\n"
+  titles = [t for t in order if t in subs] + [t for t in subs if t not in order]
+  body = section + "\n\n" + "\n\n".join(f"{t}\n\n{subs[t]}" for t in titles) + "\n"
   new = before + body + ("\n" + after if after else "")
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   from jaxquant import io_utils
@@ -412,8 +497,14 @@ def main(argv=None):
                  help="timed runs per framework (default 11 with --quick, else 5)")
   p.add_argument("--target_s", type=float, default=None,
                  help="seconds per timed run (sets steps per run; default 0.4 quick, 1 full)")
-  p.add_argument("--full_batch", type=int, default=4,
-                 help="batch of the full-scale shapes (capped by the config's batch)")
+  p.add_argument("--full_batch", type=int, default=0,
+                 help="batch of the full-scale shapes (capped by the config's batch); "
+                 "0 = 4 on a CPU, the config's batch on a GPU")
+  p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
+                 help="where both frameworks run; auto = gpu when JAX and torch see one")
+  p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                 help="compute dtype of both (JAX train.dtype, torch autocast); "
+                 "parameters and optimizer stay float32")
   p.add_argument("--torch_compile", choices=("auto", "all", "none"), default="auto",
                  help="time torch.compile too: auto = not under --quick (a cold inductor "
                  "compile takes 0.5-6 min per model on 2 cores) and not GRU/LSTM at full "
@@ -436,6 +527,7 @@ def main(argv=None):
   args.repeats = args.repeats or (11 if args.quick else 5)
   args.target_s = args.target_s or (0.25 if args.quick else 1.0)
   shapes = ["quick"] if args.quick else ["quick", "full"]
+  args.device = resolve_device(args.device)
 
   if args.cache_dir:
     os.makedirs(args.cache_dir, exist_ok=True)
@@ -446,10 +538,12 @@ def main(argv=None):
 
   t_start = time.time()
   cpu, cores = machine()
+  gpu = torch.cuda.get_device_name() if args.device == "gpu" else None
   load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-  log(f"{cpu}, {cores} cores, load {load:.1f}; jax {jax.__version__} "
-      f"({jax.default_backend()}), torch {torch.__version__} ({torch.get_num_threads()} threads)")
-  peak_jax, peak_torch = matmul_peak()
+  log(f"{gpu + ' on ' if gpu else ''}{cpu}, {cores} cores, load {load:.1f}; "
+      f"jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__} "
+      f"({torch.get_num_threads()} threads); {args.dtype}")
+  peak_jax, peak_torch = matmul_peak(args.device, args.dtype)
   log(f"matmul peak: jnp.dot {peak_jax:.1f} GFLOP/s, torch.mm {peak_torch:.1f} GFLOP/s")
 
   rows = []
@@ -459,22 +553,42 @@ def main(argv=None):
   elapsed = time.time() - t_start
   load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
-  ratios = [r["ratio"] for r in rows]
-  geomean = math.exp(sum(math.log(x) for x in ratios) / len(ratios))
+  ratios = [r["ratio"] for r in rows if r["ratio"] is not None]
+  lowest = min(ratios, default=float("nan"))
+  geomean = math.exp(sum(map(math.log, ratios)) / len(ratios)) if ratios else float("nan")
+  missing = [f"{r['model']}/{r['shape']}" for r in rows if r["ratio"] is None]
+  over = f" (over the rows with a ratio; none for {', '.join(missing)})" if missing else ""
   command = "python benchmarks/train_step.py " + " ".join(
       sys.argv[1:] if argv is None else argv)
   import flax
   tab = table(rows, peak_jax)
-  spreads = max(max(r["jax_spread"], r["eager_spread"]) for r in rows)
+  if gpu:
+    jax_options, torch_threads = "none on a GPU", " (\"GPU\" in the threads column)"
+  else:
+    jax_options = ("`jaxquant.xla_options`: YNNPACK for dots only; XLA's default threads")
+    torch_threads = (f", at the faster of 1 and {cores} intra-op threads for each model "
+                     f"(picked in the warm-up; on a loaded machine torch's {cores}-thread "
+                     "ops can be ~10x slower, XLA:CPU hardly changes)")
+  if gpu:
+    full_note = "Full shapes (T=500, original widths) run at the configs' own batch sizes."
+  else:
+    full_note = (f"Full shapes (T=500, original widths) run at batch ≤ "
+                 f"{args.full_batch or 4} on a CPU (GRU/LSTM at batch 4 are latency-bound: "
+                 "`--full_batch=32` for the original's batch).")
+  spreads = max(max(r["jax_spread"], r.get("eager_spread", 0)) for r in rows)
+  n = matmul_size(args.device)
+  on = (f"{gpu} (host: {cpu}, {cores} cores)" if gpu else f"{cpu}, {cores} cores")
+  threads = "" if gpu else f" (the faster of 1 and {cores} threads)"
   notes = f"""\
 Command: `{command.strip()}` ({elapsed:.0f} s).
-Machine: {cpu}, {cores} cores (load average {load:.1f} at the start, {load_end:.1f} at the
+Machine: {on} (load average {load:.1f} at the start, {load_end:.1f} at the
 end: a shared machine; JAX and torch were timed in alternation so both saw the same load;
 the widest spread of a framework's repeats was {100 * spreads:.0f} % of its median).
 Versions: jax {jax.__version__} (backend {jax.default_backend()}), flax {flax.__version__},
 torch {torch.__version__} ({torch.get_num_threads()} threads), Python {platform.python_version()}.
-Matmul peak (2048³ float32, same run, median of 5): jnp.dot {peak_jax:.1f} GFLOP/s,
-torch.mm {peak_torch:.1f} GFLOP/s (the faster of 1 and {cores} threads).
+Compute dtype: {args.dtype} in both (parameters and optimizer float32).
+Matmul peak ({n}³ {args.dtype}, same run, median of 5): jnp.dot {peak_jax:.1f} GFLOP/s,
+torch.mm {peak_torch:.1f} GFLOP/s{threads}.
 Host memory: {"freed memory kept in the process (`jaxquant.host_memory`, as `jaxquant.main` does), for both frameworks" if kept else "glibc's default (freed blocks over 32 MiB unmapped)"}.
 
 {tab}
@@ -485,12 +599,10 @@ Host memory: {"freed memory kept in the process (`jaxquant.host_memory`, as `jax
   single repeat (each repeat times both back to back), i.e. how far one short run's
   ratio drifts on this machine.
 - JAX: `jaxquant.train.make_train_step` under `jax.jit(donate_argnums=0)` with the
-  Runner's compiler options (`jaxquant.xla_options`: YNNPACK for dots only; XLA's
-  default threads); torch: the twin in `benchmarks/torch_reference.py` (same layers and parameter
-  count) with AdamW + clip_grad_norm_ + focal loss + cosine annealing, at the faster of
-  1 and {cores} intra-op threads for each model (picked in the warm-up; on a loaded
-  machine torch's {cores}-thread ops can be ~10x slower, XLA:CPU hardly changes);
-  torch.compile = inductor on model + loss, optimizer eager, same threads, compile
+  Runner's compiler options ({jax_options}); torch: the twin in
+  `benchmarks/torch_reference.py` (same layers and parameter count) with AdamW +
+  clip_grad_norm_ + focal loss + cosine annealing{torch_threads};
+  torch.compile = inductor on model + loss, optimizer eager, compile
   seconds in parentheses ({compile_policy_text(args)}).
 - JAX compile s: lower + compile of the step; "(cached)" = loaded from the persistent
   compilation cache (`{args.cache_dir or 'off'}`), i.e. not a cold compile.
@@ -500,17 +612,18 @@ Host memory: {"freed memory kept in the process (`jaxquant.host_memory`, as `jax
 - The torch Transformer/MoE twins compute dense T×T attention under a band mask (the
   original's way), the JAX models blockwise O(T·w) attention; the torch MoE runs every
   routed token (no capacity), the JAX MoE a capacity of 1.25 × the uniform share.
-- Full shapes (T=500, original widths) run at batch ≤ {args.full_batch} on a CPU (GRU/LSTM
-  at batch 4 are latency-bound: `--full_batch=32` for the original's batch).
+- {full_note}
 
-min JAX/eager ratio {min(ratios):.2f}, geometric mean {geomean:.2f}.
+min JAX/eager ratio {lowest:.2f}, geometric mean {geomean:.2f}{over}.
 """
   print(tab)
   print()
   if args.out:
-    write_section(args.out, notes, SUBSECTIONS[0] if args.quick else SUBSECTIONS[1])
+    write_section(args.out, notes, subsection(args, gpu))
     log(f"wrote section '{SECTION}' of {args.out}")
-  print(f"min_jax_over_torch={min(ratios):.3f} geomean={geomean:.3f}")
+  if missing:
+    log(f"no JAX/eager ratio for {', '.join(missing)}: left out of min and geomean")
+  print(f"min_jax_over_torch={lowest:.3f} geomean={geomean:.3f}")
 
 
 if __name__ == "__main__":

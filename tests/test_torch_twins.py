@@ -116,6 +116,35 @@ def test_torch_train_step_runs(name):
   assert any(not torch.equal(a, b) for a, b in zip(before, twin.parameters()))
 
 
+@pytest.mark.parametrize("name", ["transformer", "moe"])
+def test_bfloat16_autocast_step_tracks_float32(name):
+  """The benchmark's bf16 step (torch.autocast) trains the same model: from the same
+  weights, one step's loss and parameter updates agree with float32 to bf16 accuracy."""
+  config = _config(name)
+  x = torch.randn(8, WINDOW, NUM_FEATURES, generator=torch.Generator().manual_seed(1))
+  y = torch.tensor([1, 0, 0, 0, 1, 0, 0, 0])
+  results = {}
+  for dtype in (None, torch.bfloat16):
+    torch.manual_seed(0)
+    twin = torch_reference.build_torch_model(config, 2, NUM_FEATURES)
+    before = [p.detach().clone() for p in twin.parameters()]
+    seen = []  # The compute dtype: what the first Linear layer puts out.
+    linear = next(m for m in twin.modules() if isinstance(m, torch.nn.Linear))
+    linear.register_forward_hook(lambda module, args, out, seen=seen: seen.append(out.dtype))
+    step = torch_reference.make_torch_train_step(twin, config, [0.5, 7.0],
+                                                 autocast_dtype=dtype)
+    torch.manual_seed(1)  # Same dropout masks.
+    loss = float(step(x, y, torch.zeros(8)))
+    assert seen[0] == (dtype or torch.float32)
+    delta = torch.cat([(p.detach() - b).flatten() for p, b in zip(twin.parameters(), before)])
+    results[dtype] = loss, delta
+    assert all(p.dtype == torch.float32 for p in twin.parameters())
+  (loss32, d32), (loss16, d16) = results[None], results[torch.bfloat16]
+  assert loss16 == pytest.approx(loss32, rel=0.05)
+  cos = float(torch.dot(d32, d16) / (d32.norm() * d16.norm()))
+  assert cos > 0.9, cos
+
+
 def test_focal_loss_matches_jaxquant():
   from jaxquant import losses
   rng = np.random.default_rng(0)
