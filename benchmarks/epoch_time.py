@@ -129,13 +129,15 @@ def report(args, config, ds, compile_s, seconds, steps, epoch_steps):
          f"{original_s / epoch_s:,.1f}× |")
   table = "\n".join([head, "|---|---|---|---|---|---|---|", row])
   command = "python benchmarks/epoch_time.py " + " ".join(sys.argv[1:])
+  from benchmarks import train_step
+  cpu, cores = train_step.machine()
+  train = ds.splits["train"]
   text = f"""\
 Command: `{command.strip()}`.
-Data: synthetic market, {config.data.synth.days} days × {config.data.synth.instruments}
-instruments, {len(ds.splits['train']):,} training windows (T={ds.window}); the epoch is its
-first {epoch_steps:,} batches of {config.train.batch_size} ({config.data.sampler} sampler),
-read from the zstd shards by `loader.train_batches`.
-Versions: jax {jax.__version__} (backend {jax.default_backend()}).
+Machine: {kind} × {jax.device_count()} (host: {cpu}, {cores} cores); jax {jax.__version__}.
+Data: the synthetic market over {config.data.synth.days} days × {config.data.synth.instruments} instruments: {len(train):,}
+training windows (T={ds.window}). The epoch: its first {epoch_steps:,} batches of
+{config.train.batch_size} ({config.data.sampler} sampler), read from the zstd shards by `loader.train_batches`.
 
 {table}
 
@@ -146,7 +148,6 @@ Versions: jax {jax.__version__} (backend {jax.default_backend()}).
 """
   print(table)
   if args.out:
-    from benchmarks import train_step
     title = f"### {kind}, {config.train.dtype}{', scaled from a partial epoch' if scaled else ''}"
     train_step.write_section(args.out, text, title, section=SECTION, order=())
     log(f"wrote section '{SECTION}' of {args.out}")
