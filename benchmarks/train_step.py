@@ -47,7 +47,8 @@ the run's dtype, measured in the same run (n = 2048 on a CPU, 8192 on a GPU).
 
 The results go to stdout as a markdown table and into `--out` (default
 docs/performance.md) as the section "## Train step: JAX vs PyTorch" (other
-sections of the file are kept). The last line printed is
+sections of the file are kept), rewritten after every row, so a run stopped part-way
+keeps what it measured (marked "Partial: n of m rows"). The last line printed is
 `min_jax_over_torch=<min JAX/eager ratio> geomean=<geometric mean of the ratios>`.
 """
 
@@ -485,6 +486,81 @@ def write_section(path, text, subsection, section=SECTION, order=SUBSECTIONS):
   io_utils.atomic_write_text(path, new)
 
 
+def report(args, rows, run, total):
+  """(markdown notes, table, min ratio, geomean, rows without a ratio) of the rows so far."""
+  import flax
+  import torch
+  t_start, cpu, cores, gpu, load, peak_jax, peak_torch, kept, command = (
+      run[k] for k in ("t_start", "cpu", "cores", "gpu", "load", "peak_jax", "peak_torch",
+                       "kept", "command"))
+  elapsed = time.time() - t_start
+  load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+
+  ratios = [r["ratio"] for r in rows if r["ratio"] is not None]
+  lowest = min(ratios, default=float("nan"))
+  geomean = math.exp(sum(map(math.log, ratios)) / len(ratios)) if ratios else float("nan")
+  missing = [f"{r['model']}/{r['shape']}" for r in rows if r["ratio"] is None]
+  over = f" (over the rows with a ratio; none for {', '.join(missing)})" if missing else ""
+  tab = table(rows, peak_jax)
+  if gpu:
+    jax_options, torch_threads = "none on a GPU", " (\"GPU\" in the threads column)"
+  else:
+    jax_options = ("`jaxquant.xla_options`: YNNPACK for dots only; XLA's default threads")
+    torch_threads = (f", at the faster of 1 and {cores} intra-op threads for each model "
+                     f"(picked in the warm-up; on a loaded machine torch's {cores}-thread "
+                     "ops can be ~10x slower, XLA:CPU hardly changes)")
+  if gpu:
+    full_note = "Full shapes (T=500, original widths) run at the configs' own batch sizes."
+  else:
+    full_note = (f"Full shapes (T=500, original widths) run at batch ≤ "
+                 f"{args.full_batch or 4} on a CPU (GRU/LSTM at batch 4 are latency-bound: "
+                 "`--full_batch=32` for the original's batch).")
+  spreads = max(max(r["jax_spread"], r.get("eager_spread", 0)) for r in rows)
+  n = matmul_size(args.device)
+  on = (f"{gpu} (host: {cpu}, {cores} cores)" if gpu else f"{cpu}, {cores} cores")
+  threads = "" if gpu else f" (the faster of 1 and {cores} threads)"
+  notes = f"""\
+Command: `{command.strip()}` ({elapsed:.0f} s).
+Machine: {on} (load average {load:.1f} at the start, {load_end:.1f} at the
+end: a shared machine; JAX and torch were timed in alternation so both saw the same load;
+the widest spread of a framework's repeats was {100 * spreads:.0f} % of its median).
+Versions: jax {jax.__version__} (backend {jax.default_backend()}), flax {flax.__version__},
+torch {torch.__version__} ({torch.get_num_threads()} threads), Python {platform.python_version()}.
+Compute dtype: {args.dtype} in both (parameters and optimizer float32).
+Matmul peak ({n}³ {args.dtype}, same run, median of 5): jnp.dot {peak_jax:.1f} GFLOP/s,
+torch.mm {peak_torch:.1f} GFLOP/s{threads}.
+Host memory: {"freed memory kept in the process (`jaxquant.host_memory`, as `jaxquant.main` does), for both frameworks" if kept else "glibc's default (freed blocks over 32 MiB unmapped)"}.
+
+{tab}
+
+- samples/s: batch / median seconds per step over {args.repeats} timed runs (each of
+  several consecutive steps, about {args.target_s:g} s), after 2 warm-up steps; compile excluded.
+- JAX / eager: ratio of the medians; in parentheses the lowest and highest ratio of a
+  single repeat (each repeat times both back to back), i.e. how far one short run's
+  ratio drifts on this machine.
+- JAX: `jaxquant.train.make_train_step` under `jax.jit(donate_argnums=0)` with the
+  Runner's compiler options ({jax_options}); torch: the twin in
+  `benchmarks/torch_reference.py` (same layers and parameter count) with AdamW +
+  clip_grad_norm_ + focal loss + cosine annealing{torch_threads};
+  torch.compile = inductor on model + loss, optimizer eager, compile
+  seconds in parentheses ({compile_policy_text(args)}).
+- JAX compile s: lower + compile of the step; "(cached)" = loaded from the persistent
+  compilation cache (`{args.cache_dir or 'off'}`), i.e. not a cold compile.
+- GFLOP/step: XLA's cost analysis of the compiled JAX step (all of it: forward, backward,
+  optimizer), or analytic (GRU/LSTM: 3 × forward matmul FLOPs, since XLA counts a
+  while-loop body once). JAX GFLOP/s = GFLOP/step × steps/s; % of the jnp.dot peak.
+- The torch Transformer/MoE twins compute dense T×T attention under a band mask (the
+  original's way), the JAX models blockwise O(T·w) attention; the torch MoE runs every
+  routed token (no capacity), the JAX MoE a capacity of 1.25 × the uniform share.
+- {full_note}
+
+min JAX/eager ratio {lowest:.2f}, geometric mean {geomean:.2f}{over}.
+"""
+  if len(rows) < total:
+    notes = f"Partial: {len(rows)} of {total} rows measured so far.\n\n" + notes
+  return notes, tab, lowest, geomean, missing
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--quick", action="store_true",
@@ -546,80 +622,20 @@ def main(argv=None):
   peak_jax, peak_torch = matmul_peak(args.device, args.dtype)
   log(f"matmul peak: jnp.dot {peak_jax:.1f} GFLOP/s, torch.mm {peak_torch:.1f} GFLOP/s")
 
-  rows = []
-  for shape in shapes:
-    for model in models:
-      rows.append(bench_model(model, shape, args, args.cache_dir))
-  elapsed = time.time() - t_start
-  load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-
-  ratios = [r["ratio"] for r in rows if r["ratio"] is not None]
-  lowest = min(ratios, default=float("nan"))
-  geomean = math.exp(sum(map(math.log, ratios)) / len(ratios)) if ratios else float("nan")
-  missing = [f"{r['model']}/{r['shape']}" for r in rows if r["ratio"] is None]
-  over = f" (over the rows with a ratio; none for {', '.join(missing)})" if missing else ""
   command = "python benchmarks/train_step.py " + " ".join(
       sys.argv[1:] if argv is None else argv)
-  import flax
-  tab = table(rows, peak_jax)
-  if gpu:
-    jax_options, torch_threads = "none on a GPU", " (\"GPU\" in the threads column)"
-  else:
-    jax_options = ("`jaxquant.xla_options`: YNNPACK for dots only; XLA's default threads")
-    torch_threads = (f", at the faster of 1 and {cores} intra-op threads for each model "
-                     f"(picked in the warm-up; on a loaded machine torch's {cores}-thread "
-                     "ops can be ~10x slower, XLA:CPU hardly changes)")
-  if gpu:
-    full_note = "Full shapes (T=500, original widths) run at the configs' own batch sizes."
-  else:
-    full_note = (f"Full shapes (T=500, original widths) run at batch ≤ "
-                 f"{args.full_batch or 4} on a CPU (GRU/LSTM at batch 4 are latency-bound: "
-                 "`--full_batch=32` for the original's batch).")
-  spreads = max(max(r["jax_spread"], r.get("eager_spread", 0)) for r in rows)
-  n = matmul_size(args.device)
-  on = (f"{gpu} (host: {cpu}, {cores} cores)" if gpu else f"{cpu}, {cores} cores")
-  threads = "" if gpu else f" (the faster of 1 and {cores} threads)"
-  notes = f"""\
-Command: `{command.strip()}` ({elapsed:.0f} s).
-Machine: {on} (load average {load:.1f} at the start, {load_end:.1f} at the
-end: a shared machine; JAX and torch were timed in alternation so both saw the same load;
-the widest spread of a framework's repeats was {100 * spreads:.0f} % of its median).
-Versions: jax {jax.__version__} (backend {jax.default_backend()}), flax {flax.__version__},
-torch {torch.__version__} ({torch.get_num_threads()} threads), Python {platform.python_version()}.
-Compute dtype: {args.dtype} in both (parameters and optimizer float32).
-Matmul peak ({n}³ {args.dtype}, same run, median of 5): jnp.dot {peak_jax:.1f} GFLOP/s,
-torch.mm {peak_torch:.1f} GFLOP/s{threads}.
-Host memory: {"freed memory kept in the process (`jaxquant.host_memory`, as `jaxquant.main` does), for both frameworks" if kept else "glibc's default (freed blocks over 32 MiB unmapped)"}.
-
-{tab}
-
-- samples/s: batch / median seconds per step over {args.repeats} timed runs (each of
-  several consecutive steps, about {args.target_s:g} s), after 2 warm-up steps; compile excluded.
-- JAX / eager: ratio of the medians; in parentheses the lowest and highest ratio of a
-  single repeat (each repeat times both back to back), i.e. how far one short run's
-  ratio drifts on this machine.
-- JAX: `jaxquant.train.make_train_step` under `jax.jit(donate_argnums=0)` with the
-  Runner's compiler options ({jax_options}); torch: the twin in
-  `benchmarks/torch_reference.py` (same layers and parameter count) with AdamW +
-  clip_grad_norm_ + focal loss + cosine annealing{torch_threads};
-  torch.compile = inductor on model + loss, optimizer eager, compile
-  seconds in parentheses ({compile_policy_text(args)}).
-- JAX compile s: lower + compile of the step; "(cached)" = loaded from the persistent
-  compilation cache (`{args.cache_dir or 'off'}`), i.e. not a cold compile.
-- GFLOP/step: XLA's cost analysis of the compiled JAX step (all of it: forward, backward,
-  optimizer), or analytic (GRU/LSTM: 3 × forward matmul FLOPs, since XLA counts a
-  while-loop body once). JAX GFLOP/s = GFLOP/step × steps/s; % of the jnp.dot peak.
-- The torch Transformer/MoE twins compute dense T×T attention under a band mask (the
-  original's way), the JAX models blockwise O(T·w) attention; the torch MoE runs every
-  routed token (no capacity), the JAX MoE a capacity of 1.25 × the uniform share.
-- {full_note}
-
-min JAX/eager ratio {lowest:.2f}, geometric mean {geomean:.2f}{over}.
-"""
+  run = {"t_start": t_start, "cpu": cpu, "cores": cores, "gpu": gpu, "load": load,
+         "peak_jax": peak_jax, "peak_torch": peak_torch, "kept": kept, "command": command}
+  todo = [(shape, model) for shape in shapes for model in models]
+  rows = []
+  for shape, model in todo:
+    rows.append(bench_model(model, shape, args, args.cache_dir))
+    notes, tab, lowest, geomean, missing = report(args, rows, run, len(todo))
+    if args.out:  # After every row: a run stopped part-way keeps what it measured.
+      write_section(args.out, notes, subsection(args, gpu))
   print(tab)
   print()
   if args.out:
-    write_section(args.out, notes, subsection(args, gpu))
     log(f"wrote section '{SECTION}' of {args.out}")
   if missing:
     log(f"no JAX/eager ratio for {', '.join(missing)}: left out of min and geomean")

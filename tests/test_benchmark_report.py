@@ -1,7 +1,10 @@
 """benchmarks/train_step.py's report plumbing: the markdown section writer and the
 device check (the timing itself is a benchmark, not a test)."""
 
+import argparse
+
 import jax
+import numpy as np
 import pytest
 
 pytest.importorskip("torch")
@@ -62,3 +65,34 @@ def test_gpu_device_is_refused_without_a_gpu():
   with pytest.raises(SystemExit, match="--device=gpu: JAX's default backend is 'cpu'"):
     train_step.resolve_device("gpu")
   assert train_step.resolve_device("auto") == "cpu"
+
+
+def _row(model, ratio, eager_note=None):
+  jax_sps = 100.0
+  return {"model": model, "shape": "quick", "T": 64, "batch": 128, "params_jax": 10,
+          "params_torch": 10, "compile_s": 1.0, "cached": False, "flops": 1e9,
+          "flops_source": "XLA", "threads": 2, "compile_note": "not run",
+          "compile_torch": None, "compiled_sps": None, "eager_note": eager_note,
+          "jax_sps": jax_sps, "jax_spread": 0.1, "eager_spread": 0.1,
+          "eager_sps": None if ratio is None else jax_sps / ratio, "ratio": ratio,
+          "ratio_lo": None if ratio is None else ratio * 0.9,
+          "ratio_hi": None if ratio is None else ratio * 1.1, "gflops": 12.8}
+
+
+def test_report_summary_skips_rows_without_a_ratio_and_marks_partial_runs():
+  args = argparse.Namespace(
+      device="cpu", dtype="float32", repeats=3, target_s=0.25, full_batch=0,
+      torch_compile="none", cache_dir="", quick=True)
+  run = {"t_start": 0.0, "cpu": "test CPU", "cores": 2, "gpu": None, "load": 0.0,
+         "peak_jax": 100.0, "peak_torch": 100.0, "kept": True, "command": "cmd"}
+  rows = [_row("gru", 2.0), _row("lstm", None, "n/a (RuntimeError)"), _row("moe", 0.5)]
+  notes, tab, lowest, geomean, missing = train_step.report(args, rows, run, total=4)
+  assert lowest == 0.5
+  assert geomean == pytest.approx(np.exp(np.mean(np.log([2.0, 0.5]))))  # = 1.
+  assert missing == ["lstm/quick"]
+  assert notes.startswith("Partial: 3 of 4 rows")
+  assert "none for lstm/quick" in notes
+  lstm_line = next(line for line in tab.splitlines() if line.startswith("| lstm"))
+  assert "n/a (RuntimeError)" in lstm_line and "| n/a |" in lstm_line
+  notes, *_ = train_step.report(args, rows, run, total=3)
+  assert not notes.startswith("Partial")
