@@ -7,8 +7,8 @@ The original (PyTorch, one GPU) trained ResNet-18 on 50,347 windows (T=500) at b
 at 2.1 iterations/s: 12.6 minutes an epoch (../shared/SPEC.md). This runs the same
 setting with jaxquant's own pieces, as `jaxquant.main` does: configs/resnet.py, a
 synthetic market with just enough days for 50,347 training windows, its zstd shards
-read by `loader.train_batches`, `train.Runner`'s jitted step on every device, metrics
-kept on device. Timed: 3,147 steps of 16 (50,352 windows), from the first batch read
+read by `loader.train_batches`, the run `train.setup_run` builds for `jaxquant.main`
+(its jitted step on every device), metrics kept on device. Timed: 3,147 steps of 16 (50,352 windows), from the first batch read
 to the last step finished (`jax.block_until_ready`), after one untimed step that
 compiles (its time is reported as the compile). Validation is not included (the
 original's 12.6 minutes is its training iterations alone).
@@ -39,6 +39,7 @@ import numpy as np  # noqa: E402
 ORIGINAL_WINDOWS = 50_347
 ORIGINAL_BATCH = 16
 ORIGINAL_MINUTES = 12.6
+EPOCH_STEPS = math.ceil(ORIGINAL_WINDOWS / ORIGINAL_BATCH)  # 3,147.
 SECTION = "## ResNet-18 epoch (original setting)"
 
 
@@ -56,8 +57,8 @@ def config_for(days, dtype):
 
 
 def dataset_with_windows(dtype, windows=ORIGINAL_WINDOWS):
-  """(config, dataset, data_dir) of the smallest synthetic market (in whole days,
-  from an estimate upwards) whose training split holds `windows` windows."""
+  """(config, dataset) of the smallest synthetic market (in whole days, from an
+  estimate upwards) whose training split holds `windows` windows."""
   from jaxquant.data import dataset as dataset_lib
   days = math.ceil(windows / 939)  # ~939 training windows a day at T=500 (4 instruments).
   while True:
@@ -65,31 +66,24 @@ def dataset_with_windows(dtype, windows=ORIGINAL_WINDOWS):
     data_dir = dataset_lib.ensure_data(config.data, log=log)
     ds = dataset_lib.build_dataset(config.data, data_dir)
     if len(ds.splits["train"]) >= windows:
-      return config, ds, data_dir
+      return config, ds
     days += 1
 
 
 def measure(config, ds, steps):
-  """(compile seconds, seconds of `steps` timed steps, steps per epoch)."""
-  from jaxquant import losses
+  """(compile seconds, seconds of the first `steps` steps of the epoch)."""
   from jaxquant import parallel
   from jaxquant import train
   from jaxquant.data import loader
   mesh = parallel.make_mesh(config.mesh)
-  epoch_steps = math.ceil(ORIGINAL_WINDOWS / config.train.batch_size)
   plan = loader.epoch_plan(ds, config.data, config.train.batch_size, config.train.seed, 0,
                            shards=mesh.size)
-  if plan.shape[0] < epoch_steps + 1:
-    raise ValueError(f"{plan.shape[0]} batches in the training split; need {epoch_steps + 1}")
-  model = train.build_model(config, ds.num_classes)
-  tx, schedule = train.make_optimizer(config.train, epoch_steps)
-  split = ds.splits["train"]
-  alpha = losses.class_weights(config.loss, split.labels, split.fwd_returns, ds.num_classes)
-  loss_fn = losses.make_loss_fn(config.loss, alpha)
-  state = train.create_train_state(model, tx, ds.num_features, ds.window, config.train.seed)
-  runner = train.Runner(model, mesh, state, train.make_train_step(
-      model, tx, loss_fn, schedule, config, ds.num_classes, config.train.epochs * epoch_steps))
-  state = runner.place_state(state)
+  if plan.shape[0] < EPOCH_STEPS + 1:
+    raise ValueError(f"{plan.shape[0]} batches in the training split; need {EPOCH_STEPS + 1}")
+  # The run jaxquant.main would set up for this data (its steps/epoch: the whole split).
+  run = train.setup_run(config, ds, mesh, plan.shape[0])
+  runner = run.runner
+  state = runner.place_state(run.state)
   rng = jax.random.key(config.train.seed + 1)
   rows = parallel.process_slice(config.train.batch_size)
 
@@ -112,12 +106,12 @@ def measure(config, ds, steps):
   skipped = int(np.sum(jax.device_get([m["skipped"] for m in metrics])))
   if skipped:
     raise RuntimeError(f"{skipped} of {steps} steps had a non-finite loss or gradient")
-  return compile_s, seconds, epoch_steps
+  return compile_s, seconds
 
 
-def report(args, config, ds, compile_s, seconds, steps, epoch_steps):
-  scaled = steps < epoch_steps
-  epoch_s = seconds / steps * epoch_steps
+def report(args, config, ds, compile_s, seconds, steps):
+  scaled = steps < EPOCH_STEPS
+  epoch_s = seconds / steps * EPOCH_STEPS
   device = jax.devices()[0]
   kind = getattr(device, "device_kind", device.platform)
   original_s = ORIGINAL_MINUTES * 60
@@ -136,13 +130,13 @@ def report(args, config, ds, compile_s, seconds, steps, epoch_steps):
 Command: `{command.strip()}`.
 Machine: {kind} × {jax.device_count()} (host: {cpu}, {cores} cores); jax {jax.__version__}.
 Data: the synthetic market over {config.data.synth.days} days × {config.data.synth.instruments} instruments: {len(train):,}
-training windows (T={ds.window}). The epoch: its first {epoch_steps:,} batches of
+training windows (T={ds.window}). The epoch: its first {EPOCH_STEPS:,} batches of
 {config.train.batch_size} ({config.data.sampler} sampler), read from the zstd shards by `loader.train_batches`.
 
 {table}
 
 - epoch: seconds from the first batch read to the last step finished, over {steps:,}
-  steps{'' if not scaled else f', scaled to {epoch_steps:,}'}; compile s: the first
+  steps{'' if not scaled else f', scaled to {EPOCH_STEPS:,}'}; compile s: the first
   (untimed) step, compile included. The original: 2.1 iterations/s at batch 16
   (12.6 min = 756 s an epoch).
 """
@@ -164,18 +158,17 @@ def main(argv=None):
   p.add_argument("--out", default=os.path.join(ROOT, "docs", "performance.md"),
                  help=f"markdown file whose section '{SECTION}' is (re)written; '' = none")
   args = p.parse_args(argv)
-  epoch_steps = math.ceil(ORIGINAL_WINDOWS / ORIGINAL_BATCH)
-  if args.steps < 0 or args.steps > epoch_steps:
-    p.error(f"--steps={args.steps}: use 1..{epoch_steps}, or 0 for the whole epoch")
+  if args.steps < 0 or args.steps > EPOCH_STEPS:
+    p.error(f"--steps={args.steps}: use 1..{EPOCH_STEPS}, or 0 for the whole epoch")
   from jaxquant import host_memory
   host_memory.keep_freed_memory()
-  config, ds, _ = dataset_with_windows(args.dtype)
-  steps = args.steps or epoch_steps
+  config, ds = dataset_with_windows(args.dtype)
+  steps = args.steps or EPOCH_STEPS
   log(f"{len(ds.splits['train']):,} training windows ({config.data.synth.days} days); "
-      f"timing {steps:,} of {epoch_steps:,} steps on {jax.device_count()} "
+      f"timing {steps:,} of {EPOCH_STEPS:,} steps on {jax.device_count()} "
       f"{jax.default_backend()} device(s)")
-  compile_s, seconds, epoch_steps = measure(config, ds, steps)
-  report(args, config, ds, compile_s, seconds, steps, epoch_steps)
+  compile_s, seconds = measure(config, ds, steps)
+  report(args, config, ds, compile_s, seconds, steps)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ import json
 import os
 import signal
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.struct
 import jax
@@ -321,6 +321,39 @@ class Preempted(Exception):
   pass
 
 
+class RunSetup(NamedTuple):
+  """What `setup_run` builds."""
+  trainable: Any  # trainable_fn's partition, or None.
+  tx: optax.GradientTransformation
+  alpha: np.ndarray  # Class weights.
+  loss_fn: Any
+  return_scale: float  # Std of the training split's forward returns.
+  state: TrainState  # Initial, from train.seed, on the host.
+  runner: Runner  # With the jitted train step.
+
+
+def setup_run(config, ds, mesh, steps_per_epoch):
+  """The model, optimizer, loss, initial state and jitted steps of a run on `ds`.
+
+  `train_and_evaluate` trains with these, and benchmarks/epoch_time.py times the
+  same step, so a benchmarked step is the one a run takes.
+  """
+  model = build_model(config, ds.num_classes)
+  trainable = trainable_fn(config.train)
+  tx, schedule = make_optimizer(config.train, steps_per_epoch, trainable)
+  train_split = ds.splits["train"]
+  alpha = losses.class_weights(config.loss, train_split.labels, train_split.fwd_returns,
+                               ds.num_classes)
+  loss_fn = losses.make_loss_fn(config.loss, alpha)
+  return_scale = float(np.std(train_split.fwd_returns)) or 1.0
+  state = create_train_state(model, tx, ds.num_features, ds.window, config.train.seed)
+  # The Runner takes its shardings from the state's structure, which init_from keeps.
+  runner = Runner(model, mesh, state, make_train_step(
+      model, tx, loss_fn, schedule, config, ds.num_classes,
+      config.train.epochs * steps_per_epoch, return_scale))
+  return RunSetup(trainable, tx, alpha, loss_fn, return_scale, state, runner)
+
+
 def train_and_evaluate(config, workdir, force=False):
   """Trains, keeps the best-F1 checkpoints, then evaluates the best on the test split.
 
@@ -347,24 +380,14 @@ def train_and_evaluate(config, workdir, force=False):
   plan = lambda epoch: loader.epoch_plan(ds, config.data, config.train.batch_size,
                                          config.train.seed, epoch, shards=mesh.size)
   steps = plan(0).shape[0]
-  model = build_model(config, ds.num_classes)
-  trainable = trainable_fn(config.train)
-  tx, schedule = make_optimizer(config.train, steps, trainable)
-  train_split = ds.splits["train"]
-  alpha = losses.class_weights(config.loss, train_split.labels, train_split.fwd_returns,
-                               ds.num_classes)
-  loss_fn = losses.make_loss_fn(config.loss, alpha)
-  return_scale = float(np.std(train_split.fwd_returns)) or 1.0
-  state = create_train_state(model, tx, ds.num_features, ds.window, config.train.seed)
+  run = setup_run(config, ds, mesh, steps)
+  runner, state = run.runner, run.state
   if config.train.init_from:
-    state = init_from_run(state, tx, config.train.init_from, log)
-  runner = Runner(model, mesh, state, make_train_step(
-      model, tx, loss_fn, schedule, config, ds.num_classes, config.train.epochs * steps,
-      return_scale))
-  counts = parameter_counts(state.params, trainable)
+    state = init_from_run(state, run.tx, config.train.init_from, log)
+  counts = parameter_counts(state.params, run.trainable)
   log(f"Model {config.model.name}: {counts['total']:,} parameters ({counts['trainable']:,} "
       f"trainable); {steps} steps/epoch of {config.train.batch_size}; class weights "
-      f"{[round(float(a), 3) for a in alpha]}")
+      f"{[round(float(a), 3) for a in run.alpha]}")
 
   store = checkpoints_lib.CheckpointStore(os.path.join(workdir, "checkpoints"),
                                           keep_best=config.eval.keep_best)
@@ -459,7 +482,7 @@ def train_and_evaluate(config, workdir, force=False):
       progress["best_score"] = max(progress["best_score"], score)
       progress["bad_epochs"] = 0 if improved else progress["bad_epochs"] + 1
       progress["collapsed_epochs"] = progress["collapsed_epochs"] + 1 if report["collapsed"] else 0
-      record = _epoch_record(epoch, state, t0, train_m, report, loss_fn, probs, val.labels,
+      record = _epoch_record(epoch, state, t0, train_m, report, run.loss_fn, probs, val.labels,
                              ds.num_classes)
       record["samples_per_s"] = round(len(train_m["loss"]) * config.train.batch_size
                                       / max(time.time() - t0, 1e-9), 1)
@@ -470,8 +493,8 @@ def train_and_evaluate(config, workdir, force=False):
         io_utils.append_jsonl(os.path.join(workdir, "metrics.jsonl"), record)
       progress.update(epoch=epoch + 1, batch=0, partial=None)
       meta = {"epoch": epoch, "threshold": report["threshold"], "val": report,
-              "normalizer": ds.normalizer, "class_weights": [float(a) for a in alpha],
-              "return_scale": return_scale, "parameters": counts, "progress": progress,
+              "normalizer": ds.normalizer, "class_weights": [float(a) for a in run.alpha],
+              "return_scale": run.return_scale, "parameters": counts, "progress": progress,
               "fingerprint": fingerprint}
       save(state, meta, score)
       log(_epoch_line(record, improved))
