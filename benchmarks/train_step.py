@@ -310,11 +310,14 @@ def compile_policy_text(args):
                   "inductor unrolls the T=500 recurrence"}[args.torch_compile]
 
 
+CPU_FULL_BATCH = 4  # Full shapes are slow on a CPU.
+
+
 def full_batch(args, config):
-  """The full shapes' batch: the config's on a GPU, at most --full_batch (4) on a CPU."""
-  if args.full_batch:
-    return min(config.train.batch_size, args.full_batch)
-  return config.train.batch_size if args.device == "gpu" else min(config.train.batch_size, 4)
+  """The full shapes' batch: --full_batch if given (capped by the config's), else the
+  config's own on a GPU and at most CPU_FULL_BATCH on a CPU."""
+  cap = args.full_batch or (None if args.device == "gpu" else CPU_FULL_BATCH)
+  return min(config.train.batch_size, cap or config.train.batch_size)
 
 
 def bench_model(model, shape, args, cache_dir):
@@ -486,13 +489,12 @@ def write_section(path, text, subsection, section=SECTION, order=SUBSECTIONS):
   io_utils.atomic_write_text(path, new)
 
 
-def report(args, rows, run, total):
-  """(markdown notes, table, min ratio, geomean, rows without a ratio) of the rows so far."""
+def report(args, rows, total, *, t_start, cpu, cores, gpu, load, peak_jax, peak_torch,
+           kept, command):
+  """(markdown notes, table, min ratio, geomean, rows without a ratio) of the rows so far
+  (of `total`); the keywords describe the run (machine, matmul peaks, command)."""
   import flax
   import torch
-  t_start, cpu, cores, gpu, load, peak_jax, peak_torch, kept, command = (
-      run[k] for k in ("t_start", "cpu", "cores", "gpu", "load", "peak_jax", "peak_torch",
-                       "kept", "command"))
   elapsed = time.time() - t_start
   load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
@@ -504,17 +506,15 @@ def report(args, rows, run, total):
   tab = table(rows, peak_jax)
   if gpu:
     jax_options, torch_threads = "none on a GPU", " (\"GPU\" in the threads column)"
+    full_note = "Full shapes (T=500, original widths) run at the configs' own batch sizes."
   else:
     jax_options = ("`jaxquant.xla_options`: YNNPACK for dots only; XLA's default threads")
     torch_threads = (f", at the faster of 1 and {cores} intra-op threads for each model "
                      f"(picked in the warm-up; on a loaded machine torch's {cores}-thread "
                      "ops can be ~10x slower, XLA:CPU hardly changes)")
-  if gpu:
-    full_note = "Full shapes (T=500, original widths) run at the configs' own batch sizes."
-  else:
     full_note = (f"Full shapes (T=500, original widths) run at batch ≤ "
-                 f"{args.full_batch or 4} on a CPU (GRU/LSTM at batch 4 are latency-bound: "
-                 "`--full_batch=32` for the original's batch).")
+                 f"{args.full_batch or CPU_FULL_BATCH} on a CPU (GRU/LSTM at batch 4 are "
+                 "latency-bound: `--full_batch=32` for the original's batch).")
   spreads = max(max(r["jax_spread"], r.get("eager_spread", 0)) for r in rows)
   n = matmul_size(args.device)
   on = (f"{gpu} (host: {cpu}, {cores} cores)" if gpu else f"{cpu}, {cores} cores")
@@ -630,7 +630,7 @@ def main(argv=None):
   rows = []
   for shape, model in todo:
     rows.append(bench_model(model, shape, args, args.cache_dir))
-    notes, tab, lowest, geomean, missing = report(args, rows, run, len(todo))
+    notes, tab, lowest, geomean, missing = report(args, rows, len(todo), **run)
     if args.out:  # After every row: a run stopped part-way keeps what it measured.
       write_section(args.out, notes, subsection(args, gpu))
   print(tab)

@@ -86,7 +86,7 @@ def test_report_summary_skips_rows_without_a_ratio_and_marks_partial_runs():
   run = {"t_start": 0.0, "cpu": "test CPU", "cores": 2, "gpu": None, "load": 0.0,
          "peak_jax": 100.0, "peak_torch": 100.0, "kept": True, "command": "cmd"}
   rows = [_row("gru", 2.0), _row("lstm", None, "n/a (RuntimeError)"), _row("moe", 0.5)]
-  notes, tab, lowest, geomean, missing = train_step.report(args, rows, run, total=4)
+  notes, tab, lowest, geomean, missing = train_step.report(args, rows, 4, **run)
   assert lowest == 0.5
   assert geomean == pytest.approx(np.exp(np.mean(np.log([2.0, 0.5]))))  # = 1.
   assert missing == ["lstm/quick"]
@@ -94,5 +94,5 @@ def test_report_summary_skips_rows_without_a_ratio_and_marks_partial_runs():
   assert "none for lstm/quick" in notes
   lstm_line = next(line for line in tab.splitlines() if line.startswith("| lstm"))
   assert "n/a (RuntimeError)" in lstm_line and "| n/a |" in lstm_line
-  notes, *_ = train_step.report(args, rows, run, total=3)
+  notes, *_ = train_step.report(args, rows, 3, **run)
   assert not notes.startswith("Partial")
