@@ -124,7 +124,6 @@ def test_dispatch_equals_dense_reference_without_drops():
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
 
 
-
 def test_gradients_with_dropped_assignments_match_a_masked_dense_reference():
   """The gather-only dispatch/combine backward, where capacity drops assignments."""
   x = _x(batch=2, seq_len=24, seed=3)
@@ -152,6 +151,7 @@ def test_gradients_with_dropped_assignments_match_a_masked_dense_reference():
   np.testing.assert_allclose(float(extras["dropped_fraction"]), float(dropped), atol=1e-7)
   for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads)):
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
+
 
 @functools.lru_cache(maxsize=None)
 def _run_layer(capacity_factor):
