@@ -1,0 +1,116 @@
+"""What every entry point shares: process setup, flag parsing and one-line errors.
+
+Each `python -m jaxquant.<tool>` calls `run(main)`: bad flags, bad config values,
+bad input (ValueError) and a full disk end the process with one `error:` line on
+stderr and no traceback (JAXQUANT_DEBUG=1 keeps the libraries' own output).
+"""
+
+import logging as std_logging
+import os
+import signal
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from jaxquant import compile_cache
+from jaxquant import host_memory
+from jaxquant import parallel
+
+
+def one_line(message):
+  """The message on one line (the first of a multi-line exception text)."""
+  text = str(message).strip()
+  return text.splitlines()[0].strip() if text else text
+
+
+def fail(message, code=1):
+  """Exits with `error: <message>` on stderr.
+
+  Orbax/TensorStore threads still winding down can print tracebacks during
+  interpreter shutdown after a failed restore or save: they are silenced
+  (JAXQUANT_DEBUG=1 shows them)."""
+  sys.stderr.write(f"error: {one_line(message)}\n")
+  sys.stderr.flush()
+  if not os.environ.get("JAXQUANT_DEBUG"):
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+  sys.exit(code)
+
+
+def parse_flags(argv):
+  """absl flag parsing that turns flag and config-override errors into one line."""
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+    msg = str(e)
+    if "Traceback" in msg:  # An exception inside get_config(): keep its last line.
+      msg = msg.strip().splitlines()[-1]
+    msg = msg.replace("\\'", "'").replace("\\n", " ").replace("\n", " ").strip()
+    if msg[:1] == msg[-1:] and msg[:1] in "'\"":
+      msg = msg[1:-1]
+    if isinstance(e, (AttributeError, KeyError)):
+      key = msg.split("'")[1] if msg.count("'") >= 2 else msg
+      given = [a for a in argv[1:] if a.startswith("--config.") and key in a.split("=")[0]]
+      where = given[0].split("=")[0] if given else "--config.*"
+      msg = f"unknown config key {key!r} in {where}. {msg.split(chr(39) + ' ', 1)[-1]}"
+    sys.exit(f"error: bad flag: {msg}")
+
+
+def _quiet_library_shutdown_noise():
+  """After a failed Orbax save/restore, TensorStore callbacks race the closed asyncio
+  loop ("Event loop is closed", unraisable) and asyncio logs the failed tasks ("Task
+  exception was never retrieved"): tracebacks of an error we already report in one
+  line. Drop those two; everything else goes through as before."""
+  default_hook = sys.unraisablehook
+
+  def unraisable(u):
+    if not (isinstance(u.exc_value, RuntimeError) and str(u.exc_value) == "Event loop is closed"):
+      default_hook(u)
+  sys.unraisablehook = unraisable
+  std_logging.getLogger("asyncio").addFilter(
+      lambda r: not r.getMessage().startswith("Task exception was never retrieved"))
+
+
+def setup_process(distributed=True):
+  """Once per process, before any JAX work: quiet logs, compile cache, allocator,
+  file-size limits reported like a full disk, jax.distributed when launched so."""
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
+  # A file-size limit (ulimit -f) then fails the write with EFBIG, reported like a
+  # full disk, instead of killing the process mid-save.
+  signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+  compile_cache.enable()
+  host_memory.keep_freed_memory()
+  if not os.environ.get("JAXQUANT_DEBUG"):
+    _quiet_library_shutdown_noise()
+  if distributed:
+    parallel.initialize_distributed()
+
+
+def _guarded(main, argv):
+  try:
+    return main(argv)
+  except ValueError as e:  # ConfigError, IngestError, ShardError, bad runs and data.
+    fail(e)
+  except OSError as e:
+    from jaxquant import checkpoints  # Orbax is slow to import: only when needed.
+    if not checkpoints.is_disk_full(e):
+      raise
+    where = f" (writing {e.filename}; the file it replaces is intact)" if e.filename else ""
+    fail(f"{e.strerror}{where}")
+
+
+def run(main, distributed=True, positional=False):
+  """app.run(main) with process setup, one-line flag errors and one-line failures.
+
+  Args:
+    distributed: start jax.distributed when launched as several processes.
+    positional: main takes positional arguments (else they are an error).
+  """
+  def wrapped(argv):
+    setup_process(distributed)
+    if len(argv) > 1 and not positional:
+      fail(f"unexpected arguments {argv[1:]}")
+    return _guarded(main, argv)
+  app.run(wrapped, flags_parser=parse_flags)
