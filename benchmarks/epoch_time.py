@@ -1,3 +1,4 @@
+from jaxquant import steps as steps_lib
 """One training epoch of the original's ResNet-18 setting, end to end.
 
     python benchmarks/epoch_time.py --dtype=bfloat16        # on a GPU: the whole epoch
@@ -7,7 +8,7 @@ The original (PyTorch, one GPU) trained ResNet-18 on 50,347 windows (T=500) at b
 at 2.1 iterations/s: 12.6 minutes an epoch (../shared/SPEC.md). This runs the same
 setting with jaxquant's own pieces, as `jaxquant.main` does: configs/resnet.py, a
 synthetic market with just enough days for 50,347 training windows, its zstd shards
-read by `loader.train_batches`, the run `train.setup_run` builds for `jaxquant.main`
+read by `loader.train_batches`, the run `steps_lib.setup_run` builds for `jaxquant.main`
 (its jitted step on every device), metrics kept on device. Timed: 3,147 steps of 16 (50,352 windows), from the first batch read
 to the last step finished (`jax.block_until_ready`), after one untimed step that
 compiles (its time is reported as the compile). Validation is not included (the
@@ -76,13 +77,13 @@ def measure(config, ds, steps):
   from jaxquant import train
   from jaxquant.data import loader
   mesh = parallel.make_mesh(config.mesh)
-  plan = loader.epoch_plan(ds, config.data, config.train.batch_size, config.train.seed, 0,
+  plan = loader.train_plan(ds, config.data, config.train.batch_size, config.train.seed, 0,
                            shards=mesh.size)
   if plan.shape[0] < EPOCH_STEPS + 1:
     raise ValueError(f"{plan.shape[0]} batches in the training split; need {EPOCH_STEPS + 1}")
   # The run jaxquant.main would set up for this data (its steps/epoch: the whole split).
-  run = train.setup_run(config, ds, mesh, plan.shape[0])
-  runner = run.runner
+  run = steps_lib.setup_run(config, ds, mesh, plan.shape[0])
+  runner = run.steps
   state = runner.place_state(run.state)
   rng = jax.random.key(config.train.seed + 1)
   rows = parallel.process_slice(config.train.batch_size)

@@ -15,7 +15,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from jaxquant import train  # noqa: E402
+from jaxquant import state as state_lib
 from jaxquant.data import features  # noqa: E402
 from jaxquant.models import moe  # noqa: E402
 
@@ -28,9 +28,9 @@ DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 
 
 def counts(name):
   config = importlib.import_module(f"configs.{name}").get_config()
-  model = train.build_model(config, 2)
-  tx, _ = train.make_optimizer(config.train, 1)
-  state = train.create_train_state(model, tx, len(features.FEATURE_NAMES), config.data.window,
+  model = state_lib.make_model(config, 2)
+  tx, _ = state_lib.make_optimizer(config.train, 1)
+  state = state_lib.create_train_state(model, tx, len(features.FEATURE_NAMES), config.data.window,
                                    0, abstract=True)
   total = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
   active = total

@@ -23,14 +23,16 @@ sys.path.insert(0, ROOT)
 import jax, numpy as np
 from configs import {model} as cfg
 from jaxquant import losses, parallel, train
+from jaxquant import state as state_lib
+from jaxquant import steps as steps_lib
 c = cfg.get_config("quick")
 c.train.batch_size = {batch}
 mesh = parallel.make_mesh(c.mesh)
-model = train.build_model(c, 2)
-tx, schedule = train.make_optimizer(c.train, 100)
+model = state_lib.make_model(c, 2)
+tx, schedule = state_lib.make_optimizer(c.train, 100)
 loss_fn = losses.make_loss_fn(c.loss, np.array([0.55, 7.0], np.float32))
-state = train.create_train_state(model, tx, 6, c.data.window, 0)
-runner = train.Runner(model, mesh, state, train.make_train_step(model, tx, loss_fn, schedule, c, 2, 100))
+state = state_lib.create_train_state(model, tx, 6, c.data.window, 0)
+runner = steps_lib.ShardedSteps(model, mesh, state, steps_lib.make_train_step(model, tx, loss_fn, schedule, c, 2, 100))
 state = runner.place_state(state)
 rng = np.random.default_rng(0)
 batch = {{"x": rng.normal(size=({batch}, c.data.window, 6)).astype(np.float32),

@@ -186,7 +186,7 @@ class ResNet(nn.Module):
     self.head = Heads(prev, num_classes, dropout)
 
   def to_planes(self, x):
-    """[B, T, F] → [B, F, H, W], oldest end zero-padded (jaxquant.data.planes)."""
+    """[B, T, F] → [B, F, H, W], oldest end zero-padded (jaxquant.models.planes)."""
     b, t, f = x.shape
     w = self.plane_width
     h = -(-t // w)
@@ -365,7 +365,7 @@ class Transformer(nn.Module):
 
 
 def build_torch_model(config, num_classes=2, num_features=None):
-  """The PyTorch twin of `jaxquant.train.build_model(config, num_classes)`.
+  """The PyTorch twin of `jaxquant.state.make_model(config, num_classes)`.
 
   Args:
     config: a jaxquant ConfigDict (configs/<model>.py); `config.model.name` picks

@@ -11,7 +11,7 @@ the median over repeats of timed runs of consecutive steps (warm-up and compile
 excluded; JAX synchronised with `jax.block_until_ready`, torch with
 `torch.cuda.synchronize()` on a GPU; on a CPU its ops return finished tensors):
 
-- JAX: `jaxquant.train.make_train_step` on the config's model (the step we ship:
+- JAX: `jaxquant.steps.make_train_step` on the config's model (the step we ship:
   focal loss, clip by global norm, AdamW on warmup + cosine, the non-finite
   guard), `jax.jit(..., donate_argnums=0)` with the Runner's compiler options
   (`jaxquant.xla_options.step_options()`), compiled ahead of time; the compile
@@ -76,6 +76,8 @@ import numpy as np  # noqa: E402
 MODELS = ("gru", "lstm", "resnet", "transformer", "moe")
 SECTION = "## Train step: JAX vs PyTorch"
 from jaxquant.data import features as _features  # noqa: E402
+from jaxquant import state as state_lib
+from jaxquant import steps as steps_lib
 
 NUM_FEATURES = len(_features.FEATURE_NAMES)  # What the pipeline feeds the models.
 
@@ -205,13 +207,13 @@ def jax_setup(config, host_batch, cache_dir):
   from jaxquant import losses
   from jaxquant import train
   from jaxquant import xla_options
-  model = train.build_model(config, 2)
-  tx, schedule = train.make_optimizer(config.train, steps_per_epoch=100)
+  model = state_lib.make_model(config, 2)
+  tx, schedule = state_lib.make_optimizer(config.train, steps_per_epoch=100)
   alpha = losses.class_weights(config.loss, host_batch["y"], host_batch["r"], 2)
   loss_fn = losses.make_loss_fn(config.loss, alpha)
-  state = train.create_train_state(model, tx, NUM_FEATURES, config.data.window,
+  state = state_lib.create_train_state(model, tx, NUM_FEATURES, config.data.window,
                                     config.train.seed)
-  step = train.make_train_step(model, tx, loss_fn, schedule, config, 2,
+  step = steps_lib.make_train_step(model, tx, loss_fn, schedule, config, 2,
                                config.train.epochs * 100)
   batch = jax.device_put(host_batch)
   rng = jax.random.key(1)
@@ -538,7 +540,7 @@ Host memory: {"freed memory kept in the process (`jaxquant.host_memory`, as `jax
 - JAX / eager: ratio of the medians; in parentheses the lowest and highest ratio of a
   single repeat (each repeat times both back to back), i.e. how far one short run's
   ratio drifts on this machine.
-- JAX: `jaxquant.train.make_train_step` under `jax.jit(donate_argnums=0)` with the
+- JAX: `jaxquant.steps.make_train_step` under `jax.jit(donate_argnums=0)` with the
   Runner's compiler options ({jax_options}); torch: the twin in
   `benchmarks/torch_reference.py` (same layers and parameter count) with AdamW +
   clip_grad_norm_ + focal loss + cosine annealing{torch_threads};

@@ -4,22 +4,17 @@ python -m jaxquant.main --config=configs/gru.py          # full scale
 python -m jaxquant.main --config=configs/gru.py:quick    # minutes on a 2-core CPU
 """
 
+from configs import common
 from configs import default
 
 
 def get_config(arg=None):
+  variants = common.parse_arg(arg, __file__, common.QUICK)
   c = default.get_config()
   c.name = "gru"
   c.model.name = "gru"
-  if arg == "quick":
-    c.name = "gru-quick"
-    c.data.window = 64
+  if common.QUICK in variants:
+    common.apply_quick(c)
     c.model.hidden = 64
     c.model.num_layers = 1
-    c.train.epochs = 8
-    c.train.batch_size = 128
-    c.train.lr = 2e-3
-    c.train.patience = 4
-  elif arg:
-    raise ValueError(f"unknown variant {arg!r} of configs/gru.py (known: quick)")
   return c

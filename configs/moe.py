@@ -3,22 +3,24 @@
 Full scale: d_model 256, 8 heads, 4 layers, expert MLP 1760, 8 experts top-2,
 capacity factor 1.25, window 20, head dropout 0.1, load-balancing weight 0.01,
 z-loss 1e-3 → 30.10 M parameters in total, 8.42 M active per token with the 6
-bar features (original system: ~30 M / ~7.5 M, i.e. total·k/E; counting the
-shared attention/embedding weights as always active gives the higher 8.4 M).
+bar features (`python benchmarks/param_counts.py`; original system: ~30 M / ~7.5 M,
+i.e. total·k/E; counting the shared attention/embedding weights as always active
+gives our higher active count).
 Batch 32, T=500, AdamW 2e-4, focal loss.
 
 python -m jaxquant.main --config=configs/moe.py          # full scale
 python -m jaxquant.main --config=configs/moe.py:quick    # minutes on a 2-core CPU
 """
 
+from configs import common
 from configs import default
 from configs import transformer
 
 
 def get_config(arg=None):
+  quick = common.QUICK in common.parse_arg(arg, __file__, common.QUICK)
   c = default.get_config()
   c.name = "moe"
-  quick = arg == "quick"
   # Keys must be MoETransformer attributes (the Transformer's plus the MoE ones).
   c.model = transformer.model_config(quick)
   c.model.name = "moe"
@@ -33,16 +35,9 @@ def get_config(arg=None):
   c.model.aux_loss_weight = 0.01  # Load-balancing loss, summed over layers.
   c.model.z_loss_weight = 1e-3  # Router z-loss, summed over layers.
   if quick:
-    c.name = "moe-quick"
+    common.apply_quick(c)
     c.model.d_model = 32
     c.model.num_heads = 2
     c.model.num_layers = 1
     c.model.expert_dim = 32  # Still 8 experts, top-2.
-    c.data.window = 64
-    c.train.epochs = 8
-    c.train.batch_size = 128
-    c.train.lr = 2e-3
-    c.train.patience = 4
-  elif arg:
-    raise ValueError(f"unknown variant {arg!r} of configs/moe.py (known: quick)")
   return c

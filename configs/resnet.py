@@ -8,12 +8,12 @@ python -m jaxquant.main --config=configs/resnet.py:quick    # minutes on a 2-cor
 
 import ml_collections
 
+from configs import common
 from configs import default
-
-_VARIANTS = ("quick", "34")
 
 
 def get_config(arg=None):
+  variants = common.parse_arg(arg, __file__, common.QUICK, "34")
   c = default.get_config()
   c.name = "resnet"
   # Replace the default (GRU) model settings: keys must be ResNet attributes.
@@ -30,22 +30,12 @@ def get_config(arg=None):
   c.model.conv_impl = "auto"
   c.train.batch_size = 16
 
-  variants = [v for v in (arg or "").split(",") if v]
-  unknown = [v for v in variants if v not in _VARIANTS]
-  if unknown:
-    raise ValueError(f"unknown variant {unknown[0]!r} of configs/resnet.py "
-                     f"(known: {', '.join(_VARIANTS)}; combine with ',')")
   if "34" in variants:
     c.name = "resnet34"
     c.model.depth = 34
-  if "quick" in variants:
-    c.name += "-quick"
-    c.data.window = 64
+  if common.QUICK in variants:
+    common.apply_quick(c)
     c.model.plane_width = 8  # 8×8 planes.
     c.model.width = 8  # Stages of 8, 16, 32, 64 channels.
     c.model.head_features = (64, 32)
-    c.train.epochs = 8
-    c.train.batch_size = 128
-    c.train.lr = 2e-3
-    c.train.patience = 4
   return c

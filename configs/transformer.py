@@ -2,7 +2,8 @@
 
 Full scale: d_model 512, 8 heads, 8 layers, MLP 2240, window 20, head dropout
 0.1, learned positions (max_len 512 ≥ T=500) → 27.06 M parameters with the 6
-bar features (original system: 26.9 M). Batch 32, T=500, AdamW 2e-4, focal loss.
+bar features (`python benchmarks/param_counts.py`; original system: 26.9 M).
+Batch 32, T=500, AdamW 2e-4, focal loss.
 
 python -m jaxquant.main --config=configs/transformer.py          # full scale
 python -m jaxquant.main --config=configs/transformer.py:quick    # minutes on a 2-core CPU
@@ -14,6 +15,7 @@ python -m jaxquant.main --config=configs/transformer.py:peft --config.train.init
 
 import ml_collections
 
+from configs import common
 from configs import default
 
 
@@ -33,7 +35,7 @@ def model_config(quick: bool):
   m.dropout = 0.1
   m.head_dropout = 0.1  # Whole attention heads dropped with this probability.
   m.pooling = "mean"  # Or "last".
-  if quick:  # ~20 k parameters; one layer keeps a 2-core CPU run at a few minutes.
+  if quick:  # One layer keeps a 2-core CPU run at minutes.
     m.d_model = 32
     m.num_heads = 2
     m.num_layers = 1
@@ -43,24 +45,14 @@ def model_config(quick: bool):
 
 
 def get_config(arg=None):
-  variants = set(arg.split(",")) if arg else set()
-  unknown = variants - {"quick", "peft"}
-  if unknown:
-    raise ValueError(f"unknown variant {sorted(unknown)} of configs/transformer.py "
-                     "(known: quick, peft)")
+  variants = common.parse_arg(arg, __file__, common.QUICK, "peft")
   c = default.get_config()
   c.name = "transformer"
   # Replace the default (GRU) model settings: keys must be Transformer attributes.
-  c.model = model_config(quick="quick" in variants)
-  if "peft" in variants:
-    c.train.trainable = "heads"  # Everything but the heads frozen: no update, no Adam state.
-  if "quick" in variants:
-    c.name = "transformer-quick"
-    c.data.window = 64
-    c.train.epochs = 8
-    c.train.batch_size = 128
-    c.train.lr = 2e-3
-    c.train.patience = 4
+  c.model = model_config(quick=common.QUICK in variants)
+  if common.QUICK in variants:
+    common.apply_quick(c)
   if "peft" in variants:
     c.name += "-peft"
+    c.train.trainable = "heads"  # Everything but the heads frozen: no update, no Adam state.
   return c

@@ -101,16 +101,17 @@ def _guarded(main, argv):
     fail(f"{e.strerror}{where}")
 
 
-def run(main, distributed=True, positional=False):
+def run(main, distributed=True, positional=False, flags_parser=parse_flags):
   """app.run(main) with process setup, one-line flag errors and one-line failures.
 
   Args:
     distributed: start jax.distributed when launched as several processes.
     positional: main takes positional arguments (else they are an error).
+    flags_parser: argv → the arguments main gets (parse_flags, or a wrapper of it).
   """
   def wrapped(argv):
     setup_process(distributed)
     if len(argv) > 1 and not positional:
       fail(f"unexpected arguments {argv[1:]}")
     return _guarded(main, argv)
-  app.run(wrapped, flags_parser=parse_flags)
+  app.run(wrapped, flags_parser=flags_parser)

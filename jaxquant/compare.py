@@ -14,18 +14,14 @@ re-evaluated, not retrained, and an interrupted one continues where it stopped.
 import json
 import math
 import os
-import sys
 import time
 
-from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 import numpy as np
 
-from jaxquant import compile_cache
+from jaxquant import cli
 from jaxquant import config_check
-from jaxquant import host_memory
 from jaxquant import io_utils
 
 FLAGS = flags.FLAGS
@@ -45,7 +41,7 @@ def mcc(confusion):
   return float((tp * tn - fp * fn) / den) if den else 0.0
 
 
-def load_config(spec):
+def load_config_file(spec):
   """A config from 'path.py[:variant]', as --config=... would load it."""
   path, _, arg = spec.partition(":")
   if not os.path.exists(path):
@@ -65,15 +61,15 @@ def apply_override(config, assignment):
     raise ValueError(f"--set={assignment!r}: {e}") from None
 
 
-def summarize_run(report, seconds):
-  row = {"seconds": round(seconds, 1), "collapsed": bool(report["all_checkpoints_collapsed"]),
-         "stop_reason": report.get("stop_reason")}
+def summarize_run(summary, seconds):
+  row = {"seconds": round(seconds, 1), "collapsed": bool(summary["all_checkpoints_collapsed"]),
+         "stop_reason": summary.get("stop_reason")}
   for split in ("val", "test"):
-    r = report[split]
+    r = summary[split]
     for m in METRICS:
       row[f"{split}_{m}"] = mcc(r["confusion"]) if m == "mcc" else r[m]
     row[f"{split}_prior"] = r["prior"]
-  ci = report["test"].get("bootstrap", {}).get("roc_auc")
+  ci = summary["test"].get("bootstrap", {}).get("roc_auc")
   row["test_roc_auc_ci"] = [ci["lo"], ci["hi"]] if ci else None
   return row
 
@@ -120,7 +116,7 @@ def compare(specs, workdir, seeds, overrides=()):
   from jaxquant import train
   configs = {}
   for spec in specs:
-    c = load_config(spec)
+    c = load_config_file(spec)
     for o in overrides:
       apply_override(c, o)
     config_check.validate(c)
@@ -141,8 +137,8 @@ def compare(specs, workdir, seeds, overrides=()):
       if os.path.exists(previous):
         with open(previous) as f:
           seconds = json.load(f).get("train_seconds")
-      report = train.train_and_evaluate(c, run_dir)
-      rows.append(summarize_run(report, seconds or time.time() - t0))
+      summary = train.train_and_evaluate(c, run_dir)
+      rows.append(summarize_run(summary, seconds or time.time() - t0))
     runs[spec] = rows
     table[spec] = aggregate(rows)
   io_utils.atomic_write_json(os.path.join(workdir, "compare.json"),
@@ -156,18 +152,12 @@ def compare(specs, workdir, seeds, overrides=()):
 
 def main(argv):
   del argv
-  logging.set_verbosity(logging.WARNING)
-  compile_cache.enable()
-  host_memory.keep_freed_memory()
   if not FLAGS.configs or not FLAGS.workdir:
-    sys.exit("error: --configs=A,B,... and --workdir=DIR are required")
+    cli.fail("--configs=A,B,... and --workdir=DIR are required")
   if FLAGS.seeds < 1:
-    sys.exit(f"error: --seeds={FLAGS.seeds} must be >= 1")
-  try:
-    compare(FLAGS.configs, FLAGS.workdir, FLAGS.seeds, FLAGS.set)
-  except ValueError as e:
-    sys.exit(f"error: {e}")
+    cli.fail(f"--seeds={FLAGS.seeds} must be >= 1")
+  compare(FLAGS.configs, FLAGS.workdir, FLAGS.seeds, FLAGS.set)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -1,5 +1,8 @@
 """Checks a config before any work starts; every message names the offending key."""
 
+import sys
+
+import ml_collections
 import numpy as np
 
 from jaxquant import losses
@@ -35,6 +38,28 @@ def set_value(config, key, value):
   except ValueError:
     raise ConfigError(f"config.{key}={value!r} is invalid: expected a "
                       f"{type(old).__name__}") from None
+
+
+def loaded(config):
+  """The validated config of --config=FILE (config_flags gives a placeholder object
+  for a missing or unloadable file)."""
+  if not isinstance(config, ml_collections.ConfigDict):
+    given = [a for a in sys.argv if a.startswith("--config=")]
+    raise ConfigError(f"could not load {given[0] if given else '--config'} (expected a "
+                      "Python file with get_config(), e.g. --config=configs/gru.py:quick)")
+  validate(config)
+  return config
+
+
+def with_overrides(config, overrides):
+  """`config` with '--config.key=value' (or 'key=value') strings applied, validated."""
+  for arg in overrides:
+    key, sep, value = arg.removeprefix("--config.").partition("=")
+    if not sep:
+      raise ConfigError(f"{arg}: expected --config.key=value")
+    set_value(config, key, value)
+  validate(config)
+  return config
 
 
 def _require(ok, key, value, why):

@@ -5,6 +5,7 @@ checkpoint; the test split only ever has it applied. Restoring works on any
 device count: the mesh comes from the machine that evaluates.
 """
 
+import io
 import json
 import os
 
@@ -12,25 +13,29 @@ import jax
 import ml_collections
 import numpy as np
 
+from jaxquant import bootstrap
 from jaxquant import checkpoints as checkpoints_lib
+from jaxquant import config_defaults
 from jaxquant import io_utils
-from jaxquant import metrics as metrics_lib
 from jaxquant import parallel
-from jaxquant import report as report_lib
-from jaxquant import train as train_lib
+from jaxquant import plots
+from jaxquant import report_md
+from jaxquant import state as state_lib
+from jaxquant import steps as steps_lib
+from jaxquant import trading
+from jaxquant import verdict
 from jaxquant.data import dataset as dataset_lib
 
 
-def load_config(workdir):
+def load_run_config(workdir):
   """The run's saved config, on top of today's defaults (a run saved before a
   setting existed gets that setting's default)."""
-  from configs import default
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     raise ValueError(f"{workdir} has no config.json: not a jaxquant run directory")
   with open(path) as f:
     saved = json.load(f)
-  config = default.get_config()
+  config = config_defaults.get_config()
   _merge(config, saved)
   return config
 
@@ -52,8 +57,8 @@ def restore(workdir, config, step=None):
     step: checkpoint step; None = the best by validation F1.
 
   Returns:
-    (runner, state, meta, step, all_collapsed) — all_collapsed is True when even
-    the best checkpoint is a collapsed model.
+    (steps, state, meta, step, all_collapsed): the jitted ShardedSteps;
+    all_collapsed is True when even the best checkpoint is a collapsed model.
   """
   store = checkpoints_lib.CheckpointStore(os.path.join(workdir, "checkpoints"))
   try:
@@ -67,39 +72,32 @@ def restore(workdir, config, step=None):
     if "normalizer" not in meta:
       raise ValueError(f"checkpoint {step} was saved mid-epoch (preempted) and has no "
                        "validation; resume training first or pick another --step")
-    model = train_lib.build_model(config, len(meta["class_weights"]))
-    tx, _ = train_lib.make_optimizer(config.train, 1, train_lib.trainable_fn(config.train))
-    window = config.data.window
+    model = state_lib.make_model(config, len(meta["class_weights"]))
+    tx, _ = state_lib.make_optimizer(config.train, 1,
+                                     state_lib.trainable_partition(config.train))
     num_features = len(meta["normalizer"]["mean"])
-    abstract = train_lib.create_train_state(model, tx, num_features, window,
+    abstract = state_lib.create_train_state(model, tx, num_features, config.data.window,
                                             config.train.seed, abstract=True)
-    runner = train_lib.Runner(model, parallel.make_mesh(config.mesh), abstract)
+    steps = steps_lib.ShardedSteps(model, parallel.make_mesh(config.mesh), abstract)
     abstract = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
-                            abstract, runner.state_sharding)
+                            abstract, steps.state_sharding)
     state, meta = store.restore(step, abstract)
   finally:
     store.close()
-  return runner, state, meta, int(step), bool(meta["val"]["collapsed"])
+  return steps, state, meta, int(step), bool(meta["val"]["collapsed"])
 
 
 def _split_results(labels, probs, fwd, threshold, config, block):
-  """Metrics of the signal class (the last) at the validation threshold, the trading
-  sweep, bootstrap intervals, and per-class figures when there are three classes."""
-  signal = probs.shape[1] - 1
-  multiclass = (report_lib.multiclass_report(labels, probs.argmax(1), probs.shape[1])
-                if probs.shape[1] > 2 else None)
-  labels, scores = (labels == signal).astype(np.int64), probs[:, signal]
-  r = metrics_lib.summarize(labels, scores, threshold)
-  if multiclass:
-    r["multiclass"] = multiclass
-  collapsed, reason = metrics_lib.is_collapsed(scores, threshold, config.eval.min_positive_rate)
-  r["collapsed"], r["collapse_reason"] = bool(collapsed), reason if collapsed else ""
-  r["sweep"] = report_lib.trading_sweep(labels, scores, fwd)
-  r["at_threshold"] = report_lib.trading_sweep(labels, scores, fwd, [threshold])[0]
+  """The split's verdict at the validation threshold, the trading sweep and the
+  bootstrap intervals."""
+  r = verdict.split_verdict(labels, probs, threshold, config.eval.min_positive_rate)
+  binary, scores = verdict.signal_view(labels, probs)
+  r["sweep"] = trading.trading_sweep(binary, scores, fwd)
+  r["at_threshold"] = trading.trading_sweep(binary, scores, fwd, [threshold])[0]
   if config.eval.bootstrap > 0:
-    r["bootstrap"] = report_lib.bootstrap_metrics(labels, scores, threshold, block=block,
-                                                  n_boot=config.eval.bootstrap,
-                                                  seed=config.train.seed)
+    r["bootstrap"] = bootstrap.bootstrap_metrics(binary, scores, threshold, block=block,
+                                                 n_boot=config.eval.bootstrap,
+                                                 seed=config.train.seed)
   return r
 
 
@@ -110,12 +108,12 @@ def evaluate(workdir, config=None, step=None, stop_reason=None, train_seconds=No
   (another instrument or period), through the run's own normalisation.
 
   Returns:
-    The report dict, also written atomically to workdir/report.json (+ report.md).
+    The summary dict, also written atomically to workdir/report.json (+ report.md).
   """
-  config = config or load_config(workdir)
-  runner, state, meta, step, all_collapsed = restore(workdir, config, step)
+  config = config or load_run_config(workdir)
+  steps, state, meta, step, all_collapsed = restore(workdir, config, step)
   threshold = meta["threshold"]
-  eval_bs = train_lib.eval_batch_size(config, runner.mesh)
+  eval_bs = steps_lib.eval_batch_size(config, steps.mesh)
   data_dir = dataset_lib.ensure_data(config.data)
   ds = dataset_lib.build_dataset(config.data, data_dir, normalizer=meta["normalizer"])
   sets = {"val": (ds, "val"), "test": (ds, "test")}
@@ -128,11 +126,11 @@ def evaluate(workdir, config=None, step=None, stop_reason=None, train_seconds=No
   lead = jax.process_index() == 0
   results, arrays = {}, {}
   for name, (d, split) in sets.items():
-    probs, _ = runner.predict_split(state, d, split, eval_bs)
+    probs, _ = steps.predict_split(state, d, split, eval_bs)
     s = d.splits[split]
-    arrays[name] = ((s.labels == s.signal_class).astype(np.int64), probs[:, -1])
+    arrays[name] = verdict.signal_view(s.labels, probs)
     results[name] = _split_results(s.labels, probs, s.fwd_returns, threshold, config, block)
-  report = {
+  summary = {
       "config_name": config.name,
       "workdir": os.path.abspath(workdir),
       "data": {"dir": data_dir, **ds.summary()},
@@ -145,31 +143,25 @@ def evaluate(workdir, config=None, step=None, stop_reason=None, train_seconds=No
       "val": results["val"], "test": results["test"],
   }
   if config.eval.data_dir:
-    report["test_data"] = sets["test"][0].summary()
+    summary["test_data"] = sets["test"][0].summary()
   if lead:
     _pictures(workdir, arrays, results, threshold)
-    io_utils.atomic_write_json(os.path.join(workdir, "report.json"), report)
-    report_lib.write_report_md(report, workdir)
-    print(format_summary(report), flush=True)
-  return report
+    io_utils.atomic_write_json(os.path.join(workdir, "report.json"), summary)
+    report_md.write_report_md(summary, workdir)
+    print(format_summary(summary), flush=True)
+  return summary
 
 
 def _pictures(workdir, arrays, results, threshold):
   path = lambda name: os.path.join(workdir, name)
   for split, (labels, scores) in arrays.items():
     if labels.min() != labels.max():
-      report_lib.plot_roc_pr(labels, scores, path(f"{split}_roc_pr.png"), split=split)
-    report_lib.plot_calibration(labels, scores, path(f"{split}_calibration.png"), split=split)
-  report_lib.plot_confusion(results["test"]["confusion"], path("test_confusion.png"),
+      plots.plot_roc_pr(labels, scores, path(f"{split}_roc_pr.png"), split=split)
+    plots.plot_calibration(labels, scores, path(f"{split}_calibration.png"), split=split)
+  plots.plot_confusion(results["test"]["confusion"], path("test_confusion.png"),
                             class_names=["no signal", "signal"], title="Test confusion")
-  report_lib.plot_threshold_sweep(results["val"]["sweep"], results["test"]["sweep"],
+  plots.plot_threshold_sweep(results["val"]["sweep"], results["test"]["sweep"],
                                   path("threshold_sweep.png"), chosen_threshold=threshold)
-
-
-def plot_history(history, workdir):
-  """training_curves.png from the per-epoch records of metrics.jsonl."""
-  if history:
-    report_lib.plot_history(history, os.path.join(workdir, "training_curves.png"))
 
 
 def predict(workdir, config=None, step=None, data_dir=None, out=None):
@@ -179,20 +171,20 @@ def predict(workdir, config=None, step=None, data_dir=None, out=None):
   instrument, timestamp, probability, predicted class (at the saved threshold),
   label and forward return (NaN / -1 where the future is not known yet).
   """
-  config = config or load_config(workdir)
-  runner, state, meta, step, _ = restore(workdir, config, step)
+  config = config or load_run_config(workdir)
+  steps, state, meta, step, _ = restore(workdir, config, step)
   data_dir = data_dir or config.eval.data_dir or dataset_lib.ensure_data(config.data)
   d = dataset_lib.build_inference_set(config.data, data_dir, meta["normalizer"])
-  probs, rets = runner.predict_split(state, d, "all", train_lib.eval_batch_size(config, runner.mesh))
+  probs, _ = steps.predict_split(state, d, "all", steps_lib.eval_batch_size(config, steps.mesh))
   s = d.splits["all"]
   threshold = meta["threshold"]
   out = out or os.path.join(workdir, "predictions.npz")
+  _, scores = verdict.signal_view(s.labels, probs)
   arrays = {"instrument": np.asarray(d.instruments)[s.instrument], "timestamp": s.timestamps,
-            "probability": probs[:, -1],
-            "predicted_class": (probs[:, -1] >= threshold).astype(np.int32),
+            "probability": scores,
+            "predicted_class": (scores >= threshold).astype(np.int32),
             "label": s.labels, "forward_return": s.fwd_returns}
   if jax.process_index() == 0:
-    import io
     buf = io.BytesIO()
     np.savez_compressed(buf, threshold=threshold, **arrays)
     io_utils.atomic_write_bytes(out, buf.getvalue())
@@ -208,24 +200,24 @@ def predict(workdir, config=None, step=None, data_dir=None, out=None):
   return arrays
 
 
-def format_summary(report):
+def format_summary(summary):
   """A readable summary of report.json."""
-  lines = [f"== {report['config_name']}: checkpoint of epoch {report['best_epoch']} "
-           f"(step {report['best_step']}), threshold {report['threshold']:.4f} chosen on val"]
-  if report["all_checkpoints_collapsed"]:
+  lines = [f"== {summary['config_name']}: checkpoint of epoch {summary['best_epoch']} "
+           f"(step {summary['best_step']}), threshold {summary['threshold']:.4f} chosen on val"]
+  if summary["all_checkpoints_collapsed"]:
     lines.append("!! Every epoch's model collapsed to one class: there is no usable model. "
                  "The numbers below are the least-bad checkpoint's.")
-  if report.get("stop_reason"):
-    lines.append(f"   stopped: {report['stop_reason']}")
-  for name, s in report["data"]["splits"].items():
+  if summary.get("stop_reason"):
+    lines.append(f"   stopped: {summary['stop_reason']}")
+  for name, s in summary["data"]["splits"].items():
     lines.append(f"   {name:5s} {s['windows']:7,d} windows, {s['positive_rate']:.2%} positive, "
                  f"{s['start']} .. {s['end']}")
-  if report.get("eval_data_dir"):
-    lines.append(f"   test = every window of {report['eval_data_dir']}")
+  if summary.get("eval_data_dir"):
+    lines.append(f"   test = every window of {summary['eval_data_dir']}")
   lines.append(f"   {'split':5s} {'ROC-AUC':>8s} {'95% CI':>13s} {'PR-AUC':>7s} {'prior':>6s} "
                f"{'F1':>6s} {'F1 all+':>7s} {'prec':>6s} {'recall':>6s} {'acc':>6s} {'acc base':>8s}")
   for split in ("val", "test"):
-    r = report[split]
+    r = summary[split]
     ci = r.get("bootstrap", {}).get("roc_auc")
     ci = f"[{ci['lo']:.3f}, {ci['hi']:.3f}]" if ci else ""
     lines.append(f"   {split:5s} {r['roc_auc']:8.3f} {ci:>13s} {r['pr_auc']:7.3f} {r['prior']:6.3f} "
@@ -233,12 +225,12 @@ def format_summary(report):
                  f"{r['recall']:6.3f} {r['accuracy']:6.3f} {r['accuracy_baseline']:8.3f}")
     if r["collapsed"]:
       lines.append(f"   !! {split}: collapsed — {r['collapse_reason']}")
-  (tn, fp), (fn, tp) = report["test"]["confusion"]
+  (tn, fp), (fn, tp) = summary["test"]["confusion"]
   lines.append(f"   test confusion: TN {tn}  FP {fp}  FN {fn}  TP {tp}")
-  a = report["test"]["at_threshold"]
+  a = summary["test"]["at_threshold"]
   if a["signals"]:
     lines.append(f"   test signals: {a['signals']:,} ({a['signal_share']:.1%} of windows), win rate "
                  f"{a['precision']:.1%}, mean forward return {a['mean_return']:+.4%}, "
                  f"profit/loss ratio {a['profit_loss_ratio']:.2f}")
-  lines.append(f"   report: {os.path.join(report['workdir'], 'report.md')}")
+  lines.append(f"   report: {os.path.join(summary['workdir'], 'report.md')}")
   return "\n".join(lines)

@@ -2,9 +2,10 @@
 
 glibc's malloc serves blocks over 32 MiB (its largest mmap threshold) with a
 fresh mmap and unmaps them on free. XLA:CPU allocates each step's scratch
-buffers anew, so a step with more than 32 MiB of temporaries page-faults all of
-it in again, every step: the quick MoE's 40 MiB cost ~10,000 page faults and
-~25 % of its train step on a 2-core VM (docs/performance.md). With mmap off
+buffers anew, so a step with more than 32 MiB of temporaries (the quick MoE's
+has) page-faults all of it in again, every step. What that costs:
+`python benchmarks/train_step.py --quick --models=moe --out=` with and without
+`--malloc=default` (docs/performance.md). With mmap off
 (M_MMAP_MAX=0) and trimming at 2 GiB, freed blocks stay in the heap and the
 next step reuses them; the process keeps its peak heap (a training process's
 working set is the same every step anyway).

@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxquant.data import labels as labels_lib
+
 LOSS_NAMES = ("focal", "ce", "soft_f1", "dice", "composite")
 COMPOSITE_SCHEDULES = ("fixed", "progressive", "linear")
 NAMED_ALPHAS = ("inverse_frequency", "profit_loss", "none")
@@ -165,7 +167,8 @@ def dice_loss(probs, targets, mask, smooth=1.0):
   probs = probs.astype(jnp.float32)
   targets = targets.astype(jnp.float32)
   if probs.ndim == 2 and probs.shape[1] == 2:
-    probs, targets = probs[:, 1], targets[:, 1]
+    signal = labels_lib.signal_class(2)
+    probs, targets = probs[:, signal], targets[:, signal]
   m = mask.astype(jnp.float32)
   if probs.ndim == 2:
     m = m[:, None]
@@ -404,9 +407,11 @@ def make_loss_fn(loss_config, alpha):
   per_example_focal = jax.vmap(focal_loss, in_axes=(0, 0, None, None))
   per_example_ce = jax.vmap(cross_entropy, in_axes=(0, 0, None))
 
+  signal = labels_lib.signal_class(num_classes)
+
   def soft_f1(probs, targets, mask):
     if num_classes == 2:
-      return soft_f1_loss(probs[:, 1], targets[:, 1], mask)
+      return soft_f1_loss(probs[:, signal], targets[:, signal], mask)
     return soft_f1_multiclass(probs, targets, mask)
 
   def loss(logits, targets, mask, progress):

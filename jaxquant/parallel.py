@@ -9,12 +9,13 @@ statistics and gradients are computed over the global batch on any device count.
 import os
 
 import jax
-import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+import numpy as np
+
+from jaxquant.models import moe
 
 DATA, EXPERT = "data", "expert"
-_EXPERT_PARAMS = ("w_in", "b_in", "w_out", "b_out")
 
 
 def initialize_distributed(coordinator=None, num_processes=None, process_id=None):
@@ -68,7 +69,7 @@ def state_shardings(state, mesh):
   def spec(path, leaf):
     name = str(getattr(path[-1], "key", getattr(path[-1], "name", path[-1])))
     shape = getattr(leaf, "shape", ())
-    if (experts > 1 and name in _EXPERT_PARAMS and len(shape) >= 2
+    if (experts > 1 and name in moe.EXPERT_PARAM_NAMES and len(shape) >= 2
         and shape[0] % experts == 0):
       return NamedSharding(mesh, P(EXPERT))
     return replicated(mesh)
@@ -97,7 +98,7 @@ def global_batch(local, sharding):
       lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local)
 
 
-def describe(mesh):
+def describe_mesh(mesh):
   """One line: devices, mesh and memory, logged at start."""
   dev = jax.local_devices()[0]
   mem = ""

@@ -13,6 +13,8 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from jaxquant import losses, parallel, train  # noqa: E402
+from jaxquant import state as state_lib
+from jaxquant import steps as steps_lib
 
 
 def tiny_config(model):
@@ -38,12 +40,12 @@ def tiny_config(model):
 def run_steps(model_name, out, steps=3):
   c = tiny_config(model_name)
   mesh = parallel.make_mesh(c.mesh)
-  model = train.build_model(c, 2)
-  tx, schedule = train.make_optimizer(c.train, steps)
+  model = state_lib.make_model(c, 2)
+  tx, schedule = state_lib.make_optimizer(c.train, steps)
   loss_fn = losses.make_loss_fn(c.loss, np.array([0.6, 3.0], np.float32))
-  state = train.create_train_state(model, tx, 6, c.data.window, 0)
-  step = train.make_train_step(model, tx, loss_fn, schedule, c, 2, steps)
-  runner = train.Runner(model, mesh, state, step)
+  state = state_lib.create_train_state(model, tx, 6, c.data.window, 0)
+  step = steps_lib.make_train_step(model, tx, loss_fn, schedule, c, 2, steps)
+  runner = steps_lib.ShardedSteps(model, mesh, state, step)
   state = runner.place_state(state)
   rng = np.random.default_rng(0)
   record = {}

@@ -42,12 +42,12 @@ def test_every_shipped_config_is_valid():
   import glob
   from jaxquant import compare
   paths = [p for p in glob.glob(os.path.join(ROOT, "configs", "**", "*.py"), recursive=True)
-           if os.path.basename(p) != "__init__.py"]
+           if os.path.basename(p) not in ("__init__.py", "common.py")]  # common.py: helpers.
   assert len(paths) >= 10
   for path in sorted(paths):
-    config_check.validate(compare.load_config(path))
+    config_check.validate(compare.load_config_file(path))
     try:
-      quick = compare.load_config(path + ":quick")
+      quick = compare.load_config_file(path + ":quick")
     except ValueError as e:
       assert "unknown variant" in str(e)
       continue
@@ -103,3 +103,11 @@ def test_command_line_gives_one_line_and_no_traceback(flag, expected):
   assert "Traceback" not in p.stderr
   lines = p.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], lines
+
+
+def test_unknown_variant_is_one_line_naming_it_and_the_file():
+  p = subprocess.run([sys.executable, "-m", "jaxquant.main", "--config=configs/gru.py:quick,nope"],
+                     cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert p.returncode == 1
+  lines = p.stderr.strip().splitlines()
+  assert len(lines) == 1 and "unknown variant 'nope' of configs/gru.py (known: quick)" in lines[0], lines

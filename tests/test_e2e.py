@@ -95,7 +95,7 @@ def test_eval_twice_gives_identical_numbers(signal_run):
 
 def test_eval_is_independent_of_batch_size(signal_run):
   workdir, report = signal_run
-  config = evaluate.load_config(workdir)
+  config = evaluate.load_run_config(workdir)
   config.eval.batch_size = 37  # Not a divisor of anything: the last batch is padded.
   other = evaluate.evaluate(workdir, config=config)
   for split in ("val", "test"):
@@ -109,7 +109,7 @@ def test_eval_on_other_data_and_predict(signal_run, tmp_path):
   workdir, report = signal_run
   other_dir = str(tmp_path / "other")
   synth.write_market(other_dir, instruments=2, days=3, signal=1.0, seed=7, progress=False)
-  config = evaluate.load_config(workdir)
+  config = evaluate.load_run_config(workdir)
   config.eval.data_dir = other_dir
   config.eval.bootstrap = 0
   other = evaluate.evaluate(workdir, config=config)

@@ -11,13 +11,40 @@ from configs import moe as moe_config
 from configs import transformer as transformer_config
 from jaxquant import models
 from jaxquant.models import moe
-from jaxquant.models.transformer import Transformer
+from jaxquant.models import param_count
+from jaxquant.models import transformer
 
 # Compile without backend optimisation: these programs are tiny and the 2-core
 # CI machine spends far longer compiling them than running them.
 jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 
 D, E, K = 8, 4, 2
+
+
+def moe_dense_reference(params, x, top_k, cap=None):
+  """Every expert on every token, combined with the router's top-k weights — the
+  test's own oracle (its MLP written out here, not the layer's).
+
+  Non-selected experts get weight 0. With `cap` = None nothing is dropped; with the
+  layer's `cap`, the assignments it drops (choice-major) get weight 0 too.
+  """
+  shape = x.shape
+  xf = x.reshape(-1, shape[-1]).astype(jnp.float32)
+  n = xf.shape[0]
+  logits = xf @ params["router"]["kernel"] + params["router"]["bias"]
+  _, expert_idx, weights = moe.route(logits, top_k)
+  num_experts = params["w_in"].shape[0]
+  if cap is not None:
+    keep = moe.count_assignments(expert_idx, num_experts, cap)["keep"]
+    weights = weights * keep.reshape(top_k, n).T
+  dense_w = jnp.zeros((n, num_experts), jnp.float32)
+  dense_w = dense_w.at[jnp.arange(n)[:, None], expert_idx].set(weights)
+  outs = []
+  for e in range(num_experts):
+    h = jax.nn.gelu(xf @ params["w_in"][e] + params["b_in"][e], approximate=True)
+    outs.append(h @ params["w_out"][e] + params["b_out"][e])
+  y = jnp.einsum("ne,end->nd", dense_w, jnp.stack(outs))
+  return y.reshape(shape)
 
 
 def _layer_and_params(capacity_factor, x):
@@ -109,7 +136,7 @@ def test_dispatch_equals_dense_reference_without_drops():
   @jit
   def both(params, x):
     sparse = lambda p, x: layer.apply({"params": p}, x, train=False)
-    dense = lambda p, x: (moe.moe_dense_reference(p, x, K), {})
+    dense = lambda p, x: (moe_dense_reference(p, x, K), {})
     def value_and_grads(f):
       (_, (y, extras)), grads = jax.value_and_grad(
           lambda p, x: (jnp.sum(f(p, x)[0] * g), f(p, x)), argnums=(0, 1), has_aux=True)(params, x)
@@ -136,7 +163,7 @@ def test_gradients_with_dropped_assignments_match_a_masked_dense_reference():
     # Every expert on every token; a dropped assignment's weight is 0.
     _, idx, _ = moe.route(x.reshape(-1, D) @ p["router"]["kernel"] + p["router"]["bias"], K)
     dropped = jnp.mean(~moe.count_assignments(idx, E, cap)["keep"])
-    return moe.moe_dense_reference(p, x, K, cap), dropped
+    return moe_dense_reference(p, x, K, cap), dropped
 
   @jit
   def both(params, x):
@@ -205,10 +232,10 @@ def _numpy_params(model, x):
 
 
 @pytest.mark.parametrize("model", [
-    Transformer(**SMALL),
+    transformer.Transformer(**SMALL),
     # dropout=0 (head dropout stays): every dropout site adds PRNG code that
     # costs seconds of compile time on the CI machine.
-    Transformer(**SMALL, causal=True, pooling="last", positions="sinusoidal",
+    transformer.Transformer(**SMALL, causal=True, pooling="last", positions="sinusoidal",
                 attention="dense", dropout=0.0),
     moe.MoETransformer(**SMALL, num_experts=4, top_k=2, dropout=0.0),
 ], ids=["transformer", "causal-last-sinusoidal-dense", "moe"])
@@ -271,11 +298,11 @@ def _param_shapes(config, num_features=6):
 
 def test_full_config_param_counts():
   _, params = _param_shapes(transformer_config.get_config())
-  total = moe.count_params(params)
+  total = param_count.count_parameters(params)
   print(f"transformer: {total / 1e6:.2f} M parameters (original 26.9 M)")
   assert abs(total - 26.9e6) / 26.9e6 < 0.05
   model, params = _param_shapes(moe_config.get_config())
-  total = moe.count_params(params)
+  total = param_count.count_parameters(params)
   active = moe.active_params(params, model.top_k, model.num_experts)
   print(f"moe: {total / 1e6:.2f} M total / {active / 1e6:.2f} M active (original ~30 / ~7.5)")
   assert abs(total - 30e6) / 30e6 < 0.05
@@ -297,5 +324,5 @@ def test_quick_configs_build_and_trace(config):
 def test_active_params_counts_only_expert_share():
   params = {"block": {"ffn": {"w_in": jnp.zeros((8, 3, 5)), "b_in": jnp.zeros((8, 5)),
                               "router": {"kernel": jnp.zeros((3, 8))}}}}
-  assert moe.count_params(params) == 120 + 40 + 24
+  assert param_count.count_parameters(params) == 120 + 40 + 24
   assert moe.active_params(params, top_k=2, num_experts=8) == 184 - 160 * 6 // 8

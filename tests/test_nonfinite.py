@@ -13,6 +13,7 @@ from configs import gru
 from jaxquant import checkpoints as checkpoints_lib
 from jaxquant import losses
 from jaxquant import train
+from jaxquant import state as state_lib
 
 EPOCHS = 4
 ISOLATED_NAN_LOSS = (2, 5)  # Optimizer steps (0-based, before the update) with a NaN loss...
@@ -78,7 +79,7 @@ def poisoned_run(tmp_path_factory):
   from jaxquant.data import loader
   data_dir = dataset_lib.ensure_data(config.data, log=lambda *a: None)
   ds = dataset_lib.build_dataset(config.data, data_dir)
-  steps_per_epoch["n"] = loader.epoch_plan(ds, config.data, config.train.batch_size,
+  steps_per_epoch["n"] = loader.train_plan(ds, config.data, config.train.batch_size,
                                            config.train.seed, 0).shape[0]
   mp = pytest.MonkeyPatch()
   mp.setattr(losses, "make_loss_fn", poisoned_make_loss_fn)
@@ -123,7 +124,7 @@ def test_a_streak_stops_the_run_and_keeps_the_last_good_checkpoint(poisoned_run)
 
 def _abstract_state(workdir):
   from jaxquant import evaluate
-  config = evaluate.load_config(workdir)
-  model = train.build_model(config, 2)
-  tx, _ = train.make_optimizer(config.train, 10)
-  return train.create_train_state(model, tx, 6, config.data.window, 0, abstract=True)
+  config = evaluate.load_run_config(workdir)
+  model = state_lib.make_model(config, 2)
+  tx, _ = state_lib.make_optimizer(config.train, 10)
+  return state_lib.create_train_state(model, tx, 6, config.data.window, 0, abstract=True)

@@ -7,7 +7,7 @@ import optax
 import pytest
 
 from jaxquant import optim
-from jaxquant import train
+from jaxquant import state as state_lib
 
 CLIP, WD = 1.0, 0.05
 SCHEDULE = optax.warmup_cosine_decay_schedule(0.0, 3e-3, warmup_steps=2, decay_steps=20,
@@ -33,7 +33,7 @@ def _grads(key, params, size):
 
 def _reference(schedule=SCHEDULE, clip=CLIP, weight_decay=WD):
   return optax.chain(optax.clip_by_global_norm(clip),
-                     optax.adamw(schedule, weight_decay=weight_decay, mask=train.decay_mask))
+                     optax.adamw(schedule, weight_decay=weight_decay, mask=state_lib.decay_mask))
 
 
 def _close(a, b, rtol=2e-5, atol=1e-7):
@@ -59,14 +59,14 @@ def test_global_norm_matches_float64():
 def test_state_has_optax_structure():
   # Checkpoints written with the optax chain restore into this optimizer and back.
   params = _params(jax.random.key(0))
-  ours = optim.clip_adamw(SCHEDULE, CLIP, WD, mask=train.decay_mask).init(params)
+  ours = optim.clip_adamw(SCHEDULE, CLIP, WD, mask=state_lib.decay_mask).init(params)
   assert jax.tree.structure(ours) == jax.tree.structure(_reference().init(params))
 
 
 @pytest.mark.parametrize("grad_size", [0.3, 25.0], ids=["unclipped", "clipped"])
 def test_steps_match_optax(grad_size):
   params = _params(jax.random.key(1))
-  ours_tx = optim.clip_adamw(SCHEDULE, CLIP, WD, mask=train.decay_mask)
+  ours_tx = optim.clip_adamw(SCHEDULE, CLIP, WD, mask=state_lib.decay_mask)
   ref_tx = _reference()
   ours_update = jax.jit(lambda g, s, p: ours_tx.update(g, s, p, apply=True))
   ref_update = jax.jit(ref_tx.update)
@@ -85,7 +85,7 @@ def test_steps_match_optax(grad_size):
 
 def test_a_constant_learning_rate_matches_optax():
   params = _params(jax.random.key(4))
-  ours, ref = optim.clip_adamw(1e-3, CLIP, WD, mask=train.decay_mask), _reference(1e-3)
+  ours, ref = optim.clip_adamw(1e-3, CLIP, WD, mask=state_lib.decay_mask), _reference(1e-3)
   s_ours, s_ref = ours.init(params), ref.init(params)
   for step in range(2):
     g = _grads(jax.random.key(30 + step), params, 3.0)
@@ -97,7 +97,7 @@ def test_a_constant_learning_rate_matches_optax():
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
 def test_skipped_step_changes_nothing(bad):
   params = _params(jax.random.key(2))
-  tx = optim.clip_adamw(SCHEDULE, CLIP, WD, mask=train.decay_mask)
+  tx = optim.clip_adamw(SCHEDULE, CLIP, WD, mask=state_lib.decay_mask)
   state = tx.init(params)
   for step in range(3):  # Non-zero moments and counts.
     u, state = tx.update(_grads(jax.random.key(step), params, 2.0), state, params)
@@ -118,8 +118,8 @@ def test_frozen_parameters_under_peft():
   from configs import default
   cfg = default.get_config().train
   peft = _with(cfg, trainable="heads")
-  heads = train.trainable_fn(peft)
-  tx, schedule = train.make_optimizer(peft, steps_per_epoch=5, trainable=heads)
+  heads = state_lib.trainable_partition(peft)
+  tx, schedule = state_lib.make_optimizer(peft, steps_per_epoch=5, trainable=heads)
   ref = optax.multi_transform(
       {"train": _reference(schedule, cfg.clip_norm, cfg.weight_decay),
        "freeze": optax.set_to_zero()},

@@ -1,4 +1,4 @@
-"""Tests for jaxquant.data.planes and jaxquant.models.resnet.
+"""Tests for jaxquant.models.planes and jaxquant.models.resnet.
 
 References: a numpy loop for the plane layout; a layer-shape formula for the
 parameter count; and, when torch imports, a PyTorch twin (torch.nn Conv2d /
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from configs import resnet as resnet_config
-from jaxquant.data.planes import planes_shape, to_planes
+from jaxquant.models.planes import planes_shape, to_planes
 from jaxquant.models import build_model
 from jaxquant.models.resnet import STAGE_SIZES, ResNet
 

@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 
 from benchmarks import torch_reference  # noqa: E402
 from configs import gru, lstm, moe, resnet, transformer  # noqa: E402
-from jaxquant import train  # noqa: E402
+from jaxquant import state as state_lib
 
 NUM_FEATURES = 6
 WINDOW = 21  # Not a multiple of the plane width: exercises the planes' padding.
@@ -41,7 +41,7 @@ def _config(name):
 
 
 def _flax_variables(config, seed=0):
-  model = train.build_model(config, 2)
+  model = state_lib.make_model(config, 2)
   shapes = jax.eval_shape(
       lambda k: model.init({"params": k, "dropout": k},
                            jnp.zeros((1, WINDOW, NUM_FEATURES)), train=False),
@@ -70,7 +70,7 @@ def test_quick_configs_as_is_match(name):
   """The unmodified `:quick` configs (what the benchmark runs) match too."""
   module = {"gru": gru, "transformer": transformer}[name]
   config = module.get_config("quick")
-  model = train.build_model(config, 2)
+  model = state_lib.make_model(config, 2)
   shapes = jax.eval_shape(
       lambda k: model.init({"params": k, "dropout": k},
                            jnp.zeros((1, config.data.window, NUM_FEATURES)), train=False),

@@ -9,7 +9,8 @@ import numpy as np
 
 from configs import default
 from jaxquant import losses
-from jaxquant import train
+from jaxquant import state as state_lib
+from jaxquant import steps as steps_lib
 
 
 def _setup(epochs=50, lr=1e-2):
@@ -20,11 +21,11 @@ def _setup(epochs=50, lr=1e-2):
   config.train.epochs = epochs
   config.train.lr = lr
   config.train.warmup_epochs = 0.0
-  model = train.build_model(config, 2)
-  tx, schedule = train.make_optimizer(config.train, steps_per_epoch=1)
+  model = state_lib.make_model(config, 2)
+  tx, schedule = state_lib.make_optimizer(config.train, steps_per_epoch=1)
   loss_fn = losses.make_loss_fn(config.loss, np.array([1.0, 1.0], np.float32))
-  state = train.create_train_state(model, tx, num_features=3, window=12, seed=0)
-  step = train.make_train_step(model, tx, loss_fn, schedule, config, num_classes=2,
+  state = state_lib.create_train_state(model, tx, num_features=3, window=12, seed=0)
+  step = steps_lib.make_train_step(model, tx, loss_fn, schedule, config, num_classes=2,
                                total_steps=epochs)
   return model, state, jax.jit(step)
 
@@ -67,7 +68,7 @@ def test_weight_decay_only_on_kernels():
   params = {"dense": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)},
             "ln": {"scale": jnp.ones(2)}, "experts": {"w_in": jnp.ones((4, 2, 3)),
                                                       "b_in": jnp.ones((4, 3))}}
-  mask = train.decay_mask(params)
+  mask = state_lib.decay_mask(params)
   assert mask == {"dense": {"kernel": True, "bias": False}, "ln": {"scale": False},
                   "experts": {"w_in": True, "b_in": False}}
 
@@ -75,7 +76,7 @@ def test_weight_decay_only_on_kernels():
 def test_schedule_warms_up_then_decays_to_end_lr():
   cfg = ml_collections.ConfigDict(dict(epochs=10, lr=1e-3, end_lr=1e-6, warmup_epochs=1.0,
                                        weight_decay=0.0, clip_norm=1.0))
-  _, schedule = train.make_optimizer(cfg, steps_per_epoch=100)
+  _, schedule = state_lib.make_optimizer(cfg, steps_per_epoch=100)
   assert float(schedule(0)) == 0.0
   np.testing.assert_allclose(float(schedule(100)), 1e-3, rtol=1e-6)
   np.testing.assert_allclose(float(schedule(1000)), 1e-6, rtol=1e-5)

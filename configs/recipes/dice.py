@@ -4,11 +4,13 @@ python -m jaxquant.main --config=configs/recipes/dice.py          # full scale
 python -m jaxquant.main --config=configs/recipes/dice.py:quick    # minutes on a 2-core CPU
 """
 
+from configs import common
 from configs import gru
 
 
 def get_config(arg=None):
+  common.parse_arg(arg, __file__, common.QUICK)  # Names this file in the error.
   c = gru.get_config(arg)
-  c.name = "gru-dice" + ("-quick" if arg == "quick" else "")
+  c.name = c.name.replace("gru", "gru-dice")  # gru-dice[-quick]
   c.loss.name = "dice"
   return c

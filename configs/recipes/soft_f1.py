@@ -4,11 +4,13 @@ python -m jaxquant.main --config=configs/recipes/soft_f1.py          # full scal
 python -m jaxquant.main --config=configs/recipes/soft_f1.py:quick    # minutes on a 2-core CPU
 """
 
+from configs import common
 from configs import gru
 
 
 def get_config(arg=None):
+  common.parse_arg(arg, __file__, common.QUICK)  # Names this file in the error.
   c = gru.get_config(arg)
-  c.name = "gru-soft_f1" + ("-quick" if arg == "quick" else "")
+  c.name = c.name.replace("gru", "gru-soft_f1")  # gru-soft_f1[-quick]
   c.loss.name = "soft_f1"
   return c

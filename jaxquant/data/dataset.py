@@ -26,14 +26,14 @@ class Split:
   fwd_returns: np.ndarray   # float64 forward return over the horizon.
   instrument: np.ndarray    # int32 index into Dataset.instruments.
   timestamps: np.ndarray    # int64 ns of the window's last bar.
-  signal_class: int = 1     # The class a trader acts on: 1, or "up" (2) of three classes.
+  signal_class: int = 1     # labels.signal_class of the run's classes.
 
   def __len__(self):
     return len(self.ends)
 
   @property
   def positive_rate(self):
-    """Share of the signal class (the highest class: 1, or "up" of three)."""
+    """Share of the signal class."""
     return float((self.labels == self.signal_class).mean()) if len(self) else float("nan")
 
   def summary(self):
@@ -77,7 +77,7 @@ def _iso(ns):
   return str(np.datetime64(int(ns), "ns").astype("datetime64[s]"))
 
 
-def describe(ds, data_dir):
+def describe_data(ds, data_dir):
   """One line: where the data is, how much, and each split's size and positive rate."""
   parts = [f"{name} {s['windows']:,} windows ({s['positive_rate']:.1%} positive)"
            for name, s in ds.summary()["splits"].items()]
@@ -150,7 +150,7 @@ def _load_series(data_config, data_dir):
 
 def _make_split(name, parts, num_classes):
   cols = [np.concatenate(c) for c in zip(*parts)]
-  return Split(name, *cols, signal_class=num_classes - 1)
+  return Split(name, *cols, signal_class=labels_lib.signal_class(num_classes))
 
 
 def _samples(offset, t, labels, fwd, ts, inst_id):

@@ -23,6 +23,12 @@ _HIGH, _LOW, _CLOSE = 1, 2, 3
 _CHUNK_ELEMENTS = 1 << 22
 
 
+
+def signal_class(num_classes):
+  """The class a trader acts on, the one concept of "positive" everywhere: the
+  highest class — 1 of two, "up" of down/flat/up, take-profit of stop/time/take."""
+  return int(num_classes) - 1
+
 def forward_return(close, horizon):
   """Simple return from bar t's close to bar t+horizon's close.
 

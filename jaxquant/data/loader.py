@@ -12,17 +12,19 @@ import numpy as np
 from jaxquant.data import sampling
 
 
-def epoch_plan(dataset, data_config, batch_size, seed, epoch, shards=1):
-  """The epoch's batches as training indices [steps, B] (see sampling.epoch_plan)."""
+def train_plan(dataset, data_config, batch_size, seed, epoch, shards=1):
+  """The epoch's batches as training indices [steps, B] (see sampling.epoch_plan);
+  the sampler's positives are the signal class's windows, for every label kind."""
+  train = dataset.splits["train"]
   return sampling.epoch_plan(
-      dataset.splits["train"].labels, batch_size, seed, epoch,
+      train.labels == train.signal_class, batch_size, seed, epoch,
       sampler=data_config.sampler, positives_per_batch=data_config.positives_per_batch,
       undersample_ratio=data_config.undersample_ratio,
       oversample_fraction=data_config.oversample_fraction, shards=shards)
 
 
 def train_batches(dataset, plan, rows=None, skip=0, jitter=0.0, seed=0, epoch=0, workers=0):
-  """Training batches of one epoch, following `plan` (from epoch_plan).
+  """Training batches of one epoch, following `plan` (from train_plan).
 
   Args:
     dataset: a data.dataset.Dataset.

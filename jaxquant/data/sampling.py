@@ -16,12 +16,13 @@ def _rng(seed, epoch):
   return np.random.default_rng([seed, epoch, 7919])
 
 
-def epoch_plan(labels, batch_size, seed, epoch, sampler="shuffle", positives_per_batch=0,
+def epoch_plan(is_signal, batch_size, seed, epoch, sampler="shuffle", positives_per_batch=0,
                undersample_ratio=7.0, oversample_fraction=0.15, shards=1):
   """The batches of one epoch as training-split indices.
 
   Args:
-    labels: [n] training labels (class 1 is the minority "signal" class).
+    is_signal: [n] bool, True for the training windows of the signal class
+      (labels.signal_class; the "positives"). 0/1 integers are accepted.
     batch_size: global batch size B.
     seed, epoch: the plan depends on these only.
     sampler: "shuffle" — a permutation, last partial batch dropped;
@@ -36,10 +37,13 @@ def epoch_plan(labels, batch_size, seed, epoch, sampler="shuffle", positives_per
   Returns:
     int64 [steps, B].
   """
-  labels = np.asarray(labels)
-  n = len(labels)
+  is_signal = np.asarray(is_signal)
+  if is_signal.dtype != bool and not np.isin(is_signal, (0, 1)).all():
+    raise ValueError("epoch_plan takes a signal mask (bool or 0/1), not class labels")
+  is_signal = is_signal.astype(bool)
+  n = len(is_signal)
   rng = _rng(seed, epoch)
-  pos, neg = np.flatnonzero(labels == 1), np.flatnonzero(labels != 1)
+  pos, neg = np.flatnonzero(is_signal), np.flatnonzero(~is_signal)
   if sampler == "shuffle":
     order = rng.permutation(n)
   elif sampler == "undersample":

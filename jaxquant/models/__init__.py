@@ -14,7 +14,7 @@ from jaxquant.models import resnet
 from jaxquant.models import rnn
 from jaxquant.models import transformer
 
-# name → (module class, fixed keyword arguments).
+# name → (module class, fixed keyword arguments). A new model: its module here + one config.
 _REGISTRY = {
     "gru": (rnn.RNNClassifier, {"cell": "gru"}),
     "lstm": (rnn.RNNClassifier, {"cell": "lstm"}),
@@ -22,11 +22,6 @@ _REGISTRY = {
     "transformer": (transformer.Transformer, {}),
     "moe": (moe.MoETransformer, {}),
 }
-
-
-def register(name, module_cls, **fixed):
-  """Adds a model to the registry (used by the model modules below)."""
-  _REGISTRY[name] = (module_cls, fixed)
 
 
 def names():

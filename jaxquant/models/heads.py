@@ -3,7 +3,7 @@
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxquant.models.dropout import Dropout
+from jaxquant.models import dropout as dropout_lib
 
 
 class ClassAndReturnHead(nn.Module):
@@ -18,7 +18,7 @@ class ClassAndReturnHead(nn.Module):
 
   @nn.compact
   def __call__(self, h, *, train: bool):
-    h = Dropout(self.dropout, deterministic=not train)(h)
+    h = dropout_lib.Dropout(self.dropout, deterministic=not train)(h)
     logits = nn.Dense(self.num_classes, dtype=self.dtype, name="cls")(h)
     ret = nn.Dense(1, dtype=self.dtype, name="ret")(h)[..., 0]
     # Losses are computed in float32 whatever the compute dtype.

@@ -17,8 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxquant.models.dropout import Dropout
-from jaxquant.models.transformer import Transformer
+from jaxquant.models import dropout as dropout_lib
+from jaxquant.models import param_count
+from jaxquant.models import transformer as transformer_lib
 
 # Leaves of MoEFeedForward that hold per-expert (stacked [E, ...]) weights.
 EXPERT_PARAM_NAMES = ("w_in", "b_in", "w_out", "b_out")
@@ -237,40 +238,6 @@ def _expert_mlp(params, xs, dtype):
   return y + params["b_out"].astype(dtype)[:, None, :]
 
 
-def moe_dense_reference(params, x, top_k: int, cap: int | None = None):
-  """Every expert on every token, combined with the router's top-k weights.
-
-  Non-selected experts get weight 0. With `cap` = None nothing is dropped, so this
-  equals `MoEFeedForward` whenever its capacity is large enough; with the layer's
-  `cap`, the assignments it drops (`count_assignments`) get weight 0 too (test
-  reference).
-
-  Args:
-    params: the MoEFeedForward's params ({"router": {...}, "w_in": ...}).
-    x: [..., d] tokens.
-    top_k: experts per token.
-    cap: None or the capacity C per expert.
-
-  Returns:
-    [..., d] float32 outputs (no dropout).
-  """
-  shape = x.shape
-  xf = x.reshape(-1, shape[-1]).astype(jnp.float32)
-  n = xf.shape[0]
-  logits = xf @ params["router"]["kernel"] + params["router"]["bias"]
-  _, expert_idx, weights = route(logits, top_k)
-  num_experts = params["w_in"].shape[0]
-  if cap is not None:
-    keep = count_assignments(expert_idx, num_experts, cap)["keep"]  # Choice-major.
-    weights = weights * keep.reshape(top_k, n).T
-  dense_w = jnp.zeros((n, num_experts), jnp.float32)
-  dense_w = dense_w.at[jnp.arange(n)[:, None], expert_idx].set(weights)
-  # [E, N, d]: the same token rows fed to every expert.
-  all_out = _expert_mlp(params, jnp.broadcast_to(xf, (num_experts,) + xf.shape), jnp.float32)
-  y = jnp.einsum("ne,end->nd", dense_w, all_out)
-  return y.reshape(shape)
-
-
 class MoEFeedForward(nn.Module):
   """Top-k mixture-of-experts MLP with slot-based capacity dispatch.
 
@@ -331,7 +298,7 @@ class MoEFeedForward(nn.Module):
     # residual connection carries it.
     w = weights.T.reshape(-1) * a["keep"]
     y = (w[:, None] * y_assign.astype(jnp.float32)).reshape(k, n, d).sum(0)
-    y = Dropout(self.dropout, deterministic=not train)(y.astype(self.dtype))
+    y = dropout_lib.Dropout(self.dropout, deterministic=not train)(y.astype(self.dtype))
 
     # Switch/GShard load balancing: E · Σ_e f_e · P_e with f_e = share of tokens
     # whose FIRST choice is e (non-differentiable) and P_e = mean router prob.
@@ -349,10 +316,10 @@ class MoEFeedForward(nn.Module):
     return y.reshape(shape), extras
 
 
-class MoETransformer(Transformer):
+class MoETransformer(transformer_lib.Transformer):
   """The Transformer with every feed-forward layer replaced by `MoEFeedForward`.
 
-  Attributes (besides Transformer's):
+  Attributes (besides transformer_lib.Transformer's):
     num_experts: experts per layer.
     top_k: experts per token.
     capacity_factor: slots per expert relative to a uniform share.
@@ -385,25 +352,6 @@ class MoETransformer(Transformer):
     return {"aux_loss": aux.astype(jnp.float32), "stats": stats}
 
 
-def _leaves_with_names(params):
-  flat = jax.tree_util.tree_flatten_with_path(params)[0]
-  for path, leaf in flat:
-    names = [getattr(p, "key", getattr(p, "name", str(p))) for p in path]
-    yield names, leaf
-
-
-def count_params(params) -> int:
-  """Total number of parameters (works on arrays or jax.eval_shape structs).
-
-  Args:
-    params: a params pytree.
-
-  Returns:
-    Sum of the leaves' sizes.
-  """
-  return int(sum(int(np.prod(leaf.shape)) for _, leaf in _leaves_with_names(params)))
-
-
 def active_params(params, top_k: int, num_experts: int) -> int:
   """Parameters used per token: total minus the (E - k)/E share of expert weights.
 
@@ -415,6 +363,7 @@ def active_params(params, top_k: int, num_experts: int) -> int:
   Returns:
     The active parameter count (rounded to an int).
   """
-  expert = sum(int(np.prod(leaf.shape)) for names, leaf in _leaves_with_names(params)
-               if names and names[-1] in EXPERT_PARAM_NAMES)
-  return int(round(count_params(params) - expert * (num_experts - top_k) / num_experts))
+  expert = param_count.count_parameters(
+      params, where=lambda names: bool(names) and names[-1] in EXPERT_PARAM_NAMES)
+  total = param_count.count_parameters(params)
+  return int(round(total - expert * (num_experts - top_k) / num_experts))

@@ -1,7 +1,7 @@
 """ResNet-18/34 over the 2-D feature-planes view of a window.
 
 The window `[B, T, F]` is laid out as `[B, H, W, F]` images (see
-`jaxquant.data.planes.to_planes`: bars row-major in time, one channel per
+`jaxquant.models.planes.to_planes`: bars row-major in time, one channel per
 feature) and classified by a BasicBlock ResNet followed by the original
 system's MLP head. The trunk follows google/flax examples/imagenet/models.py
 (ResNetBlock with a 1×1 projection shortcut whenever the shape changes).
@@ -14,9 +14,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxquant.data.planes import to_planes
-from jaxquant.models.dropout import Dropout
-from jaxquant.models.heads import ClassAndReturnHead
+from jaxquant.models import dropout as dropout_lib
+from jaxquant.models import heads as heads_lib
+from jaxquant.models import planes
 
 ModuleDef = Any
 
@@ -138,7 +138,7 @@ class ResNet(nn.Module):
 
   Trunk: 3×3/1 stem conv → BN → ReLU → 4 stages of BasicBlocks (the first block
   of stages 2-4 downsamples by 2) → global average pool. Head: for each size in
-  `head_features`, Dropout → Dense → BN → ReLU; then `ClassAndReturnHead`, whose
+  `head_features`, Dropout → Dense → BN → ReLU; then `heads.ClassAndReturnHead`, whose
   own leading Dropout is the head's last dropout.
 
   Attributes:
@@ -183,7 +183,7 @@ class ResNet(nn.Module):
                              momentum=0.9, epsilon=1e-5, dtype=self.dtype,
                              param_dtype=jnp.float32, axis_name=self.bn_axis_name)
 
-    h = to_planes(x.astype(self.dtype), self.plane_width)
+    h = planes.to_planes(x.astype(self.dtype), self.plane_width)
     # Stem: a 3×3 stride-1 conv and no max-pool. ImageNet's 7×7/2 conv + 3×3/2
     # pool shrinks 224² inputs 4× before the first block; our planes are only
     # ~20×25, so that would leave a 5×7 grid for stage 1 and 1×1 by stage 4,
@@ -200,11 +200,11 @@ class ResNet(nn.Module):
     h = jnp.mean(h.astype(jnp.float32), axis=(1, 2)).astype(self.dtype)
 
     for k, features in enumerate(tuple(self.head_features)):
-      h = Dropout(self.dropout, deterministic=not train)(h)
+      h = dropout_lib.Dropout(self.dropout, deterministic=not train)(h)
       h = nn.Dense(features, dtype=self.dtype, name=f"head_dense{k + 1}")(h)
       h = norm(name=f"head_bn{k + 1}")(h)
       h = nn.relu(h)
-    out = ClassAndReturnHead(self.num_classes, self.dropout, self.dtype, name="head")(
+    out = heads_lib.ClassAndReturnHead(self.num_classes, self.dropout, self.dtype, name="head")(
         h, train=train)
     out["aux_loss"] = jnp.zeros((), jnp.float32)
     return out

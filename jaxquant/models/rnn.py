@@ -3,9 +3,9 @@
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxquant.models.dropout import Dropout
-from jaxquant.models.heads import ClassAndReturnHead
-from jaxquant.models.lstm import LSTM
+from jaxquant.models import dropout as dropout_lib
+from jaxquant.models import heads as heads_lib
+from jaxquant.models import lstm as lstm_lib
 
 # Largest batch for which lstm_impl="auto" picks the hand-written LSTM. Train
 # step samples/s on a 2-core CPU, hand-written vs flax's scan: T=500, 2x128,
@@ -49,18 +49,18 @@ class RNNClassifier(nn.Module):
     h = x.astype(self.dtype)
     for i in range(self.num_layers):
       if i > 0:
-        h = Dropout(self.dropout, deterministic=not train)(h)
+        h = dropout_lib.Dropout(self.dropout, deterministic=not train)(h)
       last = i == self.num_layers - 1
       if fused:
         # Named like the OptimizedLSTMCell it stands for: same parameter tree.
-        h = LSTM(self.hidden, last_only=last, dtype=self.dtype,
+        h = lstm_lib.LSTM(self.hidden, last_only=last, dtype=self.dtype,
                  name=f"OptimizedLSTMCell_{i}")(h)
       else:
         cell = nn.GRUCell if self.cell == "gru" else nn.OptimizedLSTMCell
         h = nn.RNN(cell(features=self.hidden, dtype=self.dtype, param_dtype=jnp.float32),
                    name=f"rnn_{i}")(h)
         h = h[:, -1] if last else h
-    out = ClassAndReturnHead(self.num_classes, self.dropout, self.dtype, name="head")(
+    out = heads_lib.ClassAndReturnHead(self.num_classes, self.dropout, self.dtype, name="head")(
         h, train=train)
     out["aux_loss"] = jnp.zeros((), jnp.float32)
     return out

@@ -14,9 +14,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from jaxquant.models.attention import LocalSelfAttention
-from jaxquant.models.dropout import Dropout
-from jaxquant.models.heads import ClassAndReturnHead
+from jaxquant.models import attention as attention_lib
+from jaxquant.models import dropout as dropout_lib
+from jaxquant.models import heads as heads_lib
 
 
 def sinusoidal_positions(seq_len: int, d_model: int):
@@ -60,9 +60,9 @@ class MlpBlock(nn.Module):
     h = nn.Dense(self.mlp_dim, dtype=self.dtype, param_dtype=jnp.float32,
                  name="wi")(as_rows(x))
     h = nn.gelu(h)
-    h = Dropout(self.dropout, deterministic=not train)(h)
+    h = dropout_lib.Dropout(self.dropout, deterministic=not train)(h)
     y = nn.Dense(d, dtype=self.dtype, param_dtype=jnp.float32, name="wo")(h)
-    return Dropout(self.dropout, deterministic=not train)(y.reshape(x.shape)), {}
+    return dropout_lib.Dropout(self.dropout, deterministic=not train)(y.reshape(x.shape)), {}
 
 
 class Block(nn.Module):
@@ -71,7 +71,7 @@ class Block(nn.Module):
   Attributes:
     ffn_factory: called as `ffn_factory(name="ffn")` inside the block to build
       the feed-forward module (`MlpBlock` or `MoEFeedForward` partials).
-    num_heads, window, causal, attention, head_dropout: see LocalSelfAttention.
+    num_heads, window, causal, attention, head_dropout: see attention.LocalSelfAttention.
     dropout: dropout on the attention branch output.
     dtype: compute dtype.
   """
@@ -88,11 +88,11 @@ class Block(nn.Module):
   def __call__(self, x, *, train: bool):
     """Returns (x [B, T, d], extras dict from the feed-forward layer)."""
     ln = lambda name: nn.LayerNorm(dtype=self.dtype, param_dtype=jnp.float32, name=name)
-    h = LocalSelfAttention(num_heads=self.num_heads, window=self.window,
+    h = attention_lib.LocalSelfAttention(num_heads=self.num_heads, window=self.window,
                            causal=self.causal, head_dropout=self.head_dropout,
                            attention=self.attention, dtype=self.dtype,
                            name="attn")(ln("ln_attn")(x), train=train)
-    x = x + Dropout(self.dropout, deterministic=not train)(h)
+    x = x + dropout_lib.Dropout(self.dropout, deterministic=not train)(h)
     h, extras = self.ffn_factory(name="ffn")(ln("ln_ffn")(x), train=train)
     return x + h, extras
 
@@ -160,7 +160,7 @@ class Transformer(nn.Module):
     else:
       raise ValueError(f"positions must be 'learned' or 'sinusoidal', got {self.positions!r}")
     h = h + pos.astype(self.dtype)[None]
-    h = Dropout(self.dropout, deterministic=not train)(h)
+    h = dropout_lib.Dropout(self.dropout, deterministic=not train)(h)
 
     extras = []
     for i in range(self.num_layers):
@@ -177,7 +177,7 @@ class Transformer(nn.Module):
       pooled = h[:, -1]
     else:
       raise ValueError(f"pooling must be 'mean' or 'last', got {self.pooling!r}")
-    out = ClassAndReturnHead(self.num_classes, self.dropout, self.dtype, name="head")(
+    out = heads_lib.ClassAndReturnHead(self.num_classes, self.dropout, self.dtype, name="head")(
         pooled, train=train)
     out.update(self.combine_extras(extras))
     return out

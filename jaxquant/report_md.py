@@ -1,0 +1,210 @@
+"""report.md: what a trader reads, rendered from the report.json dict."""
+
+import math
+import os
+
+import numpy as np
+
+from jaxquant import io_utils
+from jaxquant import plots
+
+FEW_SIGNALS = 30  # sweep rows with fewer signals are flagged: their win rate is mostly noise
+
+
+def _isnum(x):
+  return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool) \
+      and math.isfinite(float(x))
+
+
+def _f(x, spec=".3f"):
+  return format(float(x), spec) if _isnum(x) else "—"
+
+
+def _pct(x, digits=1):
+  return f"{100 * float(x):.{digits}f}%" if _isnum(x) else "—"
+
+
+def _ret(x):
+  return f"{100 * float(x):+.3f}%" if _isnum(x) else "—"
+
+
+def _int(x):
+  return f"{int(x):,}" if _isnum(x) else "—"
+
+
+def _cell(x):
+  return str(x).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(header, rows):
+  lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+  lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+  return lines
+
+
+def _md_data(summary):
+  data = summary.get("data") or {}
+  lines = ["## Data", ""]
+  facts = [("data", data.get("dir")), ("instruments", ", ".join(data.get("instruments") or [])),
+           ("bars", _int(data["bars"]) if _isnum(data.get("bars")) else None),
+           ("window", data.get("window")), ("horizon", data.get("horizon")),
+           ("features", data.get("num_features"))]
+  facts = [f"{k}: {v}" for k, v in facts if v not in (None, "")]
+  if facts:
+    lines += ["; ".join(facts), ""]
+  splits = data.get("splits") or {}
+  if splits:
+    rows = [[name, _int(s.get("windows")), _int(s.get("positives")),
+             _pct(s.get("positive_rate"), 2), s.get("start") or "—", s.get("end") or "—"]
+            for name, s in splits.items()]
+    lines += _table(["split", "windows", "positives", "positive rate", "from", "to"], rows)
+    lines += ["", "Splits are chronological; the threshold is chosen on val and only applied "
+              "to test.", ""]
+  return lines
+
+
+def _md_run(summary):
+  lines = ["## Model", ""]
+  if "best_epoch" in summary or "best_step" in summary:
+    lines.append(f"- checkpoint: epoch {summary.get('best_epoch', '—')} "
+                 f"(step {summary.get('best_step', '—')}), kept by validation F1")
+  if "threshold" in summary:
+    lines.append(f"- decision threshold: **{_f(summary['threshold'], '.4f')}**, chosen on "
+                 f"{summary.get('threshold_chosen_on', 'val')} (signal when score >= threshold)")
+  if summary.get("stop_reason"):
+    lines.append(f"- training stopped: {summary['stop_reason']}")
+  if _isnum(summary.get("train_seconds")):
+    lines.append(f"- training time: {summary['train_seconds'] / 60:.1f} min")
+  return lines + [""]
+
+
+def _md_warnings(summary):
+  lines = []
+  if summary.get("all_checkpoints_collapsed"):
+    lines.append("> **Warning: every epoch's model collapsed to a single class. There is no "
+                 "usable model; the numbers below are the least-bad checkpoint's.**")
+  for split in ("val", "test"):
+    r = summary.get(split) or {}
+    if r.get("collapsed"):
+      reason = r.get("collapse_reason") or "one class"
+      lines.append(f"> **Warning ({split}): collapsed — {reason}.**")
+  return lines + [""] if lines else []
+
+
+# (key, label, baseline key or constant, what the baseline is)
+_METRIC_ROWS = (
+    ("roc_auc", "ROC-AUC", 0.5, "chance"),
+    ("pr_auc", "PR-AUC", "prior", "random ranking"),
+    ("precision", "precision (win rate)", "prior", "random signals"),
+    ("recall", "recall", None, ""),
+    ("f1", "F1", "f1_baseline", "always positive"),
+    ("precision_lift", "precision / prior", 1.0, "random signals"),
+    ("accuracy", "accuracy", "accuracy_baseline", "majority class"),
+    ("predicted_positive_rate", "signalled share", None, ""),
+)
+
+
+def _ci(r, key):
+  b = (r.get("bootstrap") or {}).get(key) or {}
+  return f"[{_f(b.get('lo'))}, {_f(b.get('hi'))}]" if b else "—"
+
+
+def _baseline(r, base):
+  return _f(base) if _isnum(base) else _f(r.get(base)) if base else "—"
+
+
+def _md_metrics(summary):
+  val, test = summary.get("val") or {}, summary.get("test") or {}
+  if not val and not test:
+    return []
+  rows = []
+  for key, label, base, what in _METRIC_ROWS:
+    if key not in val and key not in test:
+      continue
+    rows.append([label, _f(val.get(key)), _ci(val, key), _f(test.get(key)), _ci(test, key),
+                 f"{_baseline(val, base)} / {_baseline(test, base)}" if base is not None else "—",
+                 what])
+  lines = ["## Metrics at the chosen threshold", ""]
+  lines += _table(["metric", "val", "val 95% CI", "test", "test 95% CI",
+                   "baseline (val / test)", "baseline is"], rows)
+  boot = next(iter((test.get("bootstrap") or val.get("bootstrap") or {}).values()), None)
+  if boot:
+    lines += ["", f"Intervals: circular block bootstrap over time order (block of "
+              f"{boot.get('block', '?')} windows, {boot.get('n_boot', '?')} resamples, "
+              f"{_pct(boot.get('level', 0.95), 0)} percentile interval); neighbouring windows "
+              "overlap, so i.i.d. intervals would be too narrow."]
+  if np.shape(test.get("confusion")) == (2, 2):
+    (tn, fp), (fn, tp) = np.asarray(test["confusion"], dtype=np.int64).tolist()
+    lines += ["", f"Test confusion: TN {tn:,}, FP {fp:,}, FN {fn:,}, TP {tp:,}."]
+  return lines + [""]
+
+
+def _md_sweep(rows, title, threshold=None):
+  lines = [title, ""]
+  body = []
+  for r in sorted(rows, key=lambda r: r.get("threshold", math.nan)):
+    none = not r.get("signals")
+    few = "*" if 0 < (r.get("signals") or 0) < FEW_SIGNALS else ""
+    body.append([_f(r.get("threshold"), ".4f"), _int(r.get("signals")) + few,
+                 _pct(r.get("signal_share"), 2),
+                 "—" if none else _pct(r.get("precision")), _pct(r.get("recall")),
+                 _f(r.get("f1")), "—" if none else _f(r.get("precision_lift"), ".2f"),
+                 _ret(r.get("mean_return")), _ret(r.get("median_return")),
+                 _f(r.get("profit_loss_ratio"), ".2f"),
+                 _pct(r.get("hit_rate_positive_return"))])
+  lines += _table(["threshold", "signals", "signalled", "win rate (precision)", "recall", "F1",
+                   "lift", "mean return", "median return", "P/L ratio", "return > 0"], body)
+  note = ("Win rate = share of signals whose label is 1; lift = win rate / prior; returns are "
+          "the forward returns of the signalled windows (before costs and stop-losses); "
+          f"P/L ratio = average win / average loss. * fewer than {FEW_SIGNALS} signals: too few "
+          "to trust.")
+  if _isnum(threshold):
+    note += f" The threshold chosen on val is {float(threshold):.4f}."
+  return lines + ["", note, ""]
+
+
+def _md_figures(workdir):
+  present = [(f, cap) for f, cap in plots.FIGURES if os.path.exists(os.path.join(workdir, f))]
+  if not present:
+    return []
+  lines = ["## Figures", ""]
+  for f, cap in present:
+    lines += [f"![{cap}]({f})", ""]
+  return lines
+
+
+def write_report_md(summary, workdir):
+  """Writes ``workdir/report.md`` (atomically) from the report.json dict.
+
+  Every section tolerates missing keys, so partial reports still render.
+
+  Args:
+    summary: the dict evaluate.py writes to report.json, optionally with
+      ``summary[split]["sweep"]`` (:func:`jaxquant.trading.trading_sweep` rows)
+      and ``summary[split]["bootstrap"]`` (:func:`jaxquant.bootstrap.bootstrap_metrics`).
+    workdir: run directory; only pictures of :data:`jaxquant.plots.FIGURES`
+      present there are embedded.
+
+  Returns:
+    The path of report.md.
+  """
+  title = summary.get("config_name") or "run"
+  lines = [f"# jaxquant report: {title}", ""]
+  if summary.get("workdir"):
+    lines += [f"Run directory: `{summary['workdir']}`", ""]
+  lines += _md_warnings(summary)
+  lines += _md_data(summary)
+  lines += _md_run(summary)
+  lines += _md_metrics(summary)
+  test_sweep = (summary.get("test") or {}).get("sweep")
+  if test_sweep:
+    lines += _md_sweep(test_sweep, "## Test threshold sweep", summary.get("threshold"))
+  val_sweep = (summary.get("val") or {}).get("sweep")
+  if val_sweep:
+    lines += ["<details><summary>Validation threshold sweep</summary>", ""]
+    lines += _md_sweep(val_sweep, "### Validation threshold sweep")
+    lines += ["</details>", ""]
+  lines += _md_figures(workdir)
+  path = os.path.join(workdir, "report.md")
+  io_utils.atomic_write_text(path, "\n".join(lines).rstrip() + "\n")
+  return path

@@ -1,0 +1,167 @@
+"""Resuming a run: what must match (the fingerprint), where it stopped, preemption.
+
+A run saves its position (epoch, batch, early-stopping state) with every
+checkpoint; `resume` restores the latest one when it comes from the same config
+and data, so a re-run continues at the exact batch where it stopped.
+"""
+
+import json
+import os
+import signal
+
+import jax
+import numpy as np
+
+from jaxquant import checkpoints as checkpoints_lib
+from jaxquant import io_utils
+
+
+class Preempted(Exception):
+  """SIGTERM/SIGINT arrived: a resume checkpoint was saved."""
+
+
+class Preemption:
+  """SIGTERM/SIGINT set a flag; the loop saves a checkpoint and exits cleanly.
+
+  (Orbax's reached_preemption needs JAX's preemption service, absent on one host.)
+  """
+
+  def __init__(self):
+    self.requested = None
+    self._old = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      self._old[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, _):
+    self.requested = signal.Signals(signum).name
+
+  def __exit__(self, *exc):
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
+
+
+def run_fingerprint(config, ds, data_dir):
+  """What must not change between a run and its resumption: the config (but the
+  number of epochs) and the data pipeline (shards, split sizes)."""
+  c = json.loads(config.to_json_best_effort())
+  c["train"].pop("epochs", None)  # Training longer is a legitimate resume.
+  shards = sorted((f, os.path.getsize(os.path.join(data_dir, f)))
+                  for f in os.listdir(data_dir) if f.endswith(".jqs"))
+  fingerprint = {"config": c, "shards": shards,
+                 "splits": {n: len(s) for n, s in ds.splits.items()},
+                 "processes": jax.process_count()}
+  return json.loads(json.dumps(fingerprint))  # As it reads back from the checkpoint.
+
+
+def fingerprint_diff(saved, current, limit=5):
+  """The keys where two fingerprints differ, as 'key: saved -> current' strings."""
+  def flat(tree, prefix=""):
+    if isinstance(tree, dict):
+      out = {}
+      for k, v in tree.items():
+        out.update(flat(v, f"{prefix}{k}."))
+      return out
+    return {prefix[:-1]: tree}
+  a, b = flat(saved or {}), flat(current)
+  name = lambda k: k[len("config."):] if k.startswith("config.") else k
+  diffs = [f"{name(k)}: {a.get(k, '(absent)')!r} -> {b.get(k, '(absent)')!r}"
+           for k in sorted(set(a) | set(b)) if a.get(k, None) != b.get(k, None)]
+  if len(diffs) > limit:
+    diffs = diffs[:limit] + [f"... {len(diffs) - limit} more"]
+  return diffs
+
+
+def fresh_progress():
+  """Where a new run starts: epoch 0, batch 0, no best score yet."""
+  return {"epoch": 0, "batch": 0, "best_score": -np.inf, "bad_epochs": 0,
+          "collapsed_epochs": 0, "partial": None}
+
+
+def resume(store, state, fingerprint, workdir, force=False, log=print):
+  """The latest checkpoint's state and progress, or `state` and a fresh start.
+
+  Refuses checkpoints of another config or data unless `force`; trims the metrics
+  of epochs logged after the latest checkpoint (a kill between log and save).
+
+  Returns:
+    (state, progress, history): history is metrics.jsonl's records up to `progress`.
+  """
+  progress = fresh_progress()
+  latest = store.latest_step()
+  if latest is not None:
+    meta = store.restore_meta(latest)
+    if meta.get("fingerprint") != fingerprint:
+      diff = "; ".join(fingerprint_diff(meta.get("fingerprint"), fingerprint))
+      if not force:
+        raise ValueError(f"workdir {workdir} holds checkpoints of a different config or data "
+                         f"({diff}); use another --workdir, or --force to resume them "
+                         "under this config")
+      log(f"WARNING: --force: resuming checkpoints of a different config or data ({diff})")
+    try:
+      state, meta = store.restore(latest, checkpoints_lib.abstract_like(state))
+    except Exception as e:  # Orbax reports a shape/structure mismatch in many ways.
+      raise ValueError(f"workdir {workdir}: its latest checkpoint (step {latest}) "
+                       f"does not fit this model ({str(e).split('. ')[0][:200]})") from e
+    progress = meta["progress"]
+    log(f"Resuming at epoch {progress['epoch'] + 1}, batch {progress['batch']} "
+        f"(step {int(state.step)})")
+  history = read_history(workdir)
+  if len(history) > progress["epoch"]:  # Epochs logged, then killed before their save.
+    history = history[:progress["epoch"]]
+    if jax.process_index() == 0:
+      io_utils.atomic_write_text(os.path.join(workdir, "metrics.jsonl"),
+                                 "".join(json.dumps(r) + "\n" for r in history))
+  return state, progress, history
+
+
+def stop_reason(progress, config, last_record):
+  """Why the run stops after the epoch of `last_record` (None: it goes on).
+
+  The loop asks after each epoch's save; a re-run asks it of the saved progress, so a
+  run that had stopped early is evaluated, not trained one epoch more."""
+  if progress["batch"]:  # Preempted mid-epoch: not stopped.
+    return None
+  if progress["collapsed_epochs"] >= config.eval.collapse_patience:
+    why = last_record.get("val_collapse_reason") or "collapsed"
+    return (f"collapsed: the model {why} on validation for {progress['collapsed_epochs']} "
+            "epochs in a row")
+  if progress["bad_epochs"] >= config.train.patience:
+    return f"early stopping: no better validation F1 for {progress['bad_epochs']} epochs"
+  return None
+
+
+def init_from_run(state, tx, run_dir, log=print):
+  """Starts from the parameters of another run's best checkpoint (fine-tuning / PEFT).
+
+  The architecture must match; the optimizer state starts fresh.
+  """
+  store = checkpoints_lib.CheckpointStore(os.path.join(run_dir, "checkpoints"))
+  step = store.best_step()
+  if step is None:
+    raise ValueError(f"config.train.init_from={run_dir!r} holds no checkpoint")
+  source = {"params": state.params}
+  if jax.tree.leaves(state.batch_stats):
+    source["batch_stats"] = state.batch_stats
+  try:
+    restored = store.restore_partial(step, checkpoints_lib.abstract_like(source))
+  except Exception as e:  # Orbax reports a shape/structure mismatch in many ways.
+    raise ValueError(f"config.train.init_from={run_dir!r}: its checkpoint does not fit this "
+                     f"model ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+  finally:
+    store.close()
+  log(f"Initialised from {run_dir} (step {step})")
+  return state.replace(params=restored["params"],
+                       batch_stats=restored.get("batch_stats", state.batch_stats),
+                       opt_state=tx.init(restored["params"]))
+
+
+def read_history(workdir):
+  """The per-epoch records of workdir/metrics.jsonl ([] when there are none)."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]

@@ -1,0 +1,178 @@
+"""The pure train and predict steps, and their jitted, sharded form.
+
+`make_train_step` and `make_predict_step` return pure functions of explicit state
+(jit or vmap them); `ShardedSteps` jits them on a mesh with the batch split over
+the data axis; `setup_run` builds everything a run's steps need, once, for the
+training loop and for benchmarks/epoch_time.py alike.
+"""
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxquant import losses
+from jaxquant import mixup as mixup_lib
+from jaxquant import optim
+from jaxquant import parallel
+from jaxquant import state as state_lib
+from jaxquant import xla_options
+from jaxquant.data import loader
+
+# What every train step reports; the rest of its metrics are the model's own stats.
+STEP_METRICS = ("loss", "class_loss", "return_loss", "grad_norm", "lr", "skipped", "mixup")
+
+
+def make_train_step(model, tx, loss_fn, schedule, config, num_classes, total_steps,
+                    return_scale=1.0):
+  """Returns `train_step(state, batch, rng) -> (state, metrics)` (pure; jit it).
+
+  The objective is the class loss (on one-hot targets, mixed up when configured) + `loss.return_weight` · MSE of the return head on the forward
+  return / `return_scale` (its training-split std) + the model's auxiliary loss
+  (MoE load balancing). A step whose loss or gradient is not finite leaves the
+  state unchanged and reports `skipped=1`.
+  """
+  return_weight = float(config.loss.return_weight)
+  mix_alpha, mix_prob = float(config.train.mixup_alpha), float(config.train.mixup_prob)
+
+  def train_step(state, batch, rng):
+    rng = jax.random.fold_in(rng, state.step)
+    mix_rng, dropout_rng = jax.random.split(rng)
+    # Label smoothing, when configured, happens inside loss_fn (CE/focal terms only).
+    targets = jax.nn.one_hot(batch["y"], num_classes)
+    x, returns, mixed = batch["x"], batch["r"], jnp.zeros((), bool)
+    if mix_prob > 0:
+      x, targets, returns, mixed = mixup_lib.mixup(mix_rng, x, targets, returns,
+                                                   mix_alpha, mix_prob)
+    progress = jnp.minimum(state.step / total_steps, 1.0)
+
+    def objective(params):
+      variables = {"params": params, "batch_stats": state.batch_stats}
+      out, updates = model.apply(variables, x, train=True, rngs={"dropout": dropout_rng},
+                                 mutable=["batch_stats"])
+      mask = jnp.ones(returns.shape, jnp.float32)
+      class_loss, parts = loss_fn(out["logits"], targets, mask, progress)
+      return_loss = jnp.mean((out["ret"] - returns / return_scale) ** 2)
+      loss = class_loss + return_weight * return_loss + out["aux_loss"]
+      return loss, (class_loss, return_loss, {**parts, **out.get("stats", {})}, updates)
+
+    (loss, (class_loss, return_loss, stats, updates)), grads = jax.value_and_grad(
+        objective, has_aux=True)(state.params)
+    grad_norm = optim.global_norm(grads)  # The clipping's expression: XLA computes it once.
+    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    # A non-finite step keeps the old state: the optimizer leaves parameters,
+    # moments and counts as they were (`apply`), and jnp.where the batch statistics.
+    param_updates, opt_state = tx.update(grads, state.opt_state, state.params, apply=ok)
+    batch_stats = jax.tree.map(lambda a, b: jnp.where(ok, a, b),
+                               updates.get("batch_stats", state.batch_stats),
+                               state.batch_stats)
+    new = state.replace(step=state.step + 1,
+                        params=optax.apply_updates(state.params, param_updates),
+                        batch_stats=batch_stats, opt_state=opt_state)
+    metrics = {"loss": loss, "class_loss": class_loss, "return_loss": return_loss,
+               "grad_norm": grad_norm, "lr": schedule(state.step),
+               "skipped": (~ok).astype(jnp.int32), "mixup": mixed.astype(jnp.float32),
+               **stats}
+    return new, metrics
+
+  return train_step
+
+
+def make_predict_step(model):
+  """Returns `predict(state, x) -> (class probabilities [B, K], return [B])` (pure)."""
+  def predict(state, x):
+    out = model.apply({"params": state.params, "batch_stats": state.batch_stats}, x,
+                      train=False)
+    return jax.nn.softmax(out["logits"], axis=-1), out["ret"]
+  return predict
+
+
+class ShardedSteps:
+  """The jitted steps of one model on one mesh, with the host-side batch plumbing."""
+
+  def __init__(self, model, mesh, state, train_step=None):
+    self.mesh = mesh
+    self.batch_sharding = parallel.batch_sharding(mesh)
+    self.state_sharding = parallel.state_shardings(state, mesh)
+    repl = parallel.replicated(mesh)
+    if train_step is not None:
+      self.train_step = jax.jit(train_step, donate_argnums=0,
+                                in_shardings=(self.state_sharding, self.batch_sharding, repl),
+                                out_shardings=(self.state_sharding, repl),
+                                compiler_options=xla_options.step_options())
+    self._predict = jax.jit(make_predict_step(model),
+                            in_shardings=(self.state_sharding, self.batch_sharding),
+                            out_shardings=(repl, repl),
+                            compiler_options=xla_options.step_options())
+
+  def place_state(self, state):
+    return jax.device_put(state, self.state_sharding)
+
+  def put_batch(self, local):
+    return parallel.global_batch(local, self.batch_sharding)
+
+  def predict_split(self, state, dataset, split, batch_size):
+    """Class probabilities [n, K] and predicted returns [n] for every window of a split.
+
+    Deterministic, and independent of how many devices or processes run it.
+    """
+    rows = parallel.process_slice(batch_size)
+    probs, rets = [], []
+    for batch in loader.eval_batches(dataset, split, batch_size, rows):
+      p, r = self._predict(state, self.put_batch(batch["x"]))
+      probs.append(np.asarray(p))
+      rets.append(np.asarray(r))
+    n = len(dataset.splits[split])
+    if not probs:
+      return np.zeros((0, dataset.num_classes), np.float32), np.zeros((0,), np.float32)
+    return np.concatenate(probs)[:n], np.concatenate(rets)[:n]
+
+
+def eval_batch_size(config, mesh):
+  """eval.batch_size rounded up to a multiple of the device count (padding is masked)."""
+  n = mesh.size
+  return -(-config.eval.batch_size // n) * n
+
+
+def split_loss(loss_fn, probs, labels, num_classes):
+  """The class loss of a split from its predicted probabilities (at the end of training)."""
+  logits = jnp.log(jnp.clip(jnp.asarray(probs), 1e-12, 1.0))
+  targets = jax.nn.one_hot(jnp.asarray(labels), num_classes)
+  value, _ = loss_fn(logits, targets, jnp.ones(len(labels)), jnp.ones(()))
+  return float(value)
+
+
+class RunSetup(NamedTuple):
+  """What `setup_run` builds."""
+  trainable: Any  # state.trainable_partition's function, or None.
+  tx: optax.GradientTransformation
+  alpha: np.ndarray  # Class weights.
+  loss_fn: Any
+  return_scale: float  # Std of the training split's forward returns.
+  state: state_lib.TrainState  # Initial, from train.seed, on the host.
+  steps: ShardedSteps  # With the jitted train step.
+
+
+def setup_run(config, ds, mesh, steps_per_epoch):
+  """The model, optimizer, loss, initial state and jitted steps of a run on `ds`.
+
+  `train.train_and_evaluate` trains with these, and benchmarks/epoch_time.py times the
+  same step, so a benchmarked step is the one a run takes.
+  """
+  model = state_lib.make_model(config, ds.num_classes)
+  trainable = state_lib.trainable_partition(config.train)
+  tx, schedule = state_lib.make_optimizer(config.train, steps_per_epoch, trainable)
+  train_split = ds.splits["train"]
+  alpha = losses.class_weights(config.loss, train_split.labels, train_split.fwd_returns,
+                               ds.num_classes)
+  loss_fn = losses.make_loss_fn(config.loss, alpha)
+  return_scale = float(np.std(train_split.fwd_returns)) or 1.0
+  state = state_lib.create_train_state(model, tx, ds.num_features, ds.window,
+                                       config.train.seed)
+  # The shardings come from the state's structure, which init_from keeps.
+  steps = ShardedSteps(model, mesh, state, make_train_step(
+      model, tx, loss_fn, schedule, config, ds.num_classes,
+      config.train.epochs * steps_per_epoch, return_scale))
+  return RunSetup(trainable, tx, alpha, loss_fn, return_scale, state, steps)

@@ -1,0 +1,74 @@
+"""Tests for jaxquant.report_md (report.md from the report.json dict)."""
+
+import os
+
+import numpy as np
+
+from jaxquant import bootstrap
+from jaxquant import metrics as M
+from jaxquant import report_md
+from jaxquant import trading
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def make_data(seed=0, n=3000, prior=0.07):
+  """Imbalanced labels, weakly informative scores in (0, 1), returns tied to the labels."""
+  rng = np.random.default_rng(seed)
+  y = (rng.random(n) < prior).astype(int)
+  y[:2] = [0, 1]
+  s = 1 / (1 + np.exp(-(rng.normal(size=n) + 1.0 * y - 2)))
+  r = rng.normal(0, 0.004, n) + 0.008 * y
+  r[rng.random(n) < 0.05] = 0.0  # flat windows: neither win nor loss
+  return y, s, r
+
+
+def fake_summary(y, s, r):
+  test = M.summarize(y, s, 0.3)
+  test.update(collapsed=False, collapse_reason="", sweep=trading.trading_sweep(y, s, r),
+              bootstrap=bootstrap.bootstrap_metrics(y, s, 0.3, block=20, n_boot=20))
+  val = M.summarize(y, s, 0.3)
+  val.update(collapsed=True, collapse_reason="predicts class 0 for all 10 windows")
+  return {
+      "config_name": "gru_test", "workdir": "/runs/x",
+      "data": {"dir": "data/synthetic", "instruments": ["RB", "CU"], "window": 64, "horizon": 10,
+               "num_features": 10, "bars": 12345,
+               "splits": {"train": {"windows": 1000, "positives": 70, "positive_rate": 0.07,
+                                    "start": "2024-01-01T09:00:00", "end": "2024-02-01T15:00:00"},
+                          "test": {"windows": 300, "positives": 20, "positive_rate": 20 / 300,
+                                   "start": None, "end": None}}},
+      "best_step": 400, "best_epoch": 4, "threshold": 0.3, "threshold_chosen_on": "val",
+      "all_checkpoints_collapsed": False, "stop_reason": "completed all epochs",
+      "train_seconds": 93.0, "val": val, "test": test,
+  }
+
+
+def test_write_report_md(tmp_path):
+  y, s, r = make_data(12, n=1500)
+  summary = fake_summary(y, s, r)
+  (tmp_path / "test_roc_pr.png").write_bytes(PNG_MAGIC)  # only its existence matters here
+  path = report_md.write_report_md(summary, str(tmp_path))
+  assert path == os.path.join(str(tmp_path), "report.md")
+  md = open(path, encoding="utf-8").read()
+  assert md.startswith("# jaxquant report: gru_test")
+  assert "| train | 1,000 | 70 | 7.00% | 2024-01-01T09:00:00 | 2024-02-01T15:00:00 |" in md
+  assert "**0.3000**, chosen on val" in md
+  assert "collapsed — predicts class 0 for all 10 windows" in md
+  ci = summary["test"]["bootstrap"]["roc_auc"]
+  assert f"[{ci['lo']:.3f}, {ci['hi']:.3f}]" in md
+  rows = [l for l in md.split("## Test threshold sweep")[1].split("\n\n")[1].splitlines()
+          if l.startswith("| 0.")]
+  assert len(rows) == len(summary["test"]["sweep"]) >= 5
+  row = next(x for x in summary["test"]["sweep"] if x["threshold"] == 0.3)
+  assert any(l.startswith("| 0.3000 | " + f"{row['signals']:,}") and
+             f"{100 * row['precision']:.1f}%" in l for l in rows)
+  assert f"fewer than {report_md.FEW_SIGNALS} signals" in md
+  assert "![ROC and PR](test_roc_pr.png)" in md
+  assert "calibration.png" not in md and "training_curves.png" not in md
+
+
+def test_write_report_md_minimal(tmp_path):
+  summary = {"config_name": "bare", "all_checkpoints_collapsed": True}
+  path = report_md.write_report_md(summary, tmp_path)
+  md = open(path, encoding="utf-8").read()
+  assert "every epoch's model collapsed" in md and "![" not in md
