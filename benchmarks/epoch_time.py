@@ -1,4 +1,3 @@
-from jaxquant import steps as steps_lib
 """One training epoch of the original's ResNet-18 setting, end to end.
 
     python benchmarks/epoch_time.py --dtype=bfloat16        # on a GPU: the whole epoch
@@ -8,7 +7,7 @@ The original (PyTorch, one GPU) trained ResNet-18 on 50,347 windows (T=500) at b
 at 2.1 iterations/s: 12.6 minutes an epoch (../shared/SPEC.md). This runs the same
 setting with jaxquant's own pieces, as `jaxquant.main` does: configs/resnet.py, a
 synthetic market with just enough days for 50,347 training windows, its zstd shards
-read by `loader.train_batches`, the run `steps_lib.setup_run` builds for `jaxquant.main`
+read by `loader.train_batches`, the run `steps.setup_run` builds for `jaxquant.main`
 (its jitted step on every device), metrics kept on device. Timed: 3,147 steps of 16 (50,352 windows), from the first batch read
 to the last step finished (`jax.block_until_ready`), after one untimed step that
 compiles (its time is reported as the compile). Validation is not included (the
@@ -74,7 +73,7 @@ def dataset_with_windows(dtype, windows=ORIGINAL_WINDOWS):
 def measure(config, ds, steps):
   """(compile seconds, seconds of the first `steps` steps of the epoch)."""
   from jaxquant import parallel
-  from jaxquant import train
+  from jaxquant import steps as steps_lib
   from jaxquant.data import loader
   mesh = parallel.make_mesh(config.mesh)
   plan = loader.train_plan(ds, config.data, config.train.batch_size, config.train.seed, 0,

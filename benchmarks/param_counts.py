@@ -15,7 +15,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from jaxquant import state as state_lib
+from jaxquant import state as state_lib  # noqa: E402
 from jaxquant.data import features  # noqa: E402
 from jaxquant.models import moe  # noqa: E402
 

@@ -22,7 +22,7 @@ import json, sys, time
 sys.path.insert(0, ROOT)
 import jax, numpy as np
 from configs import {model} as cfg
-from jaxquant import losses, parallel, train
+from jaxquant import losses, parallel
 from jaxquant import state as state_lib
 from jaxquant import steps as steps_lib
 c = cfg.get_config("quick")
@@ -32,21 +32,21 @@ model = state_lib.make_model(c, 2)
 tx, schedule = state_lib.make_optimizer(c.train, 100)
 loss_fn = losses.make_loss_fn(c.loss, np.array([0.55, 7.0], np.float32))
 state = state_lib.create_train_state(model, tx, 6, c.data.window, 0)
-runner = steps_lib.ShardedSteps(model, mesh, state, steps_lib.make_train_step(model, tx, loss_fn, schedule, c, 2, 100))
-state = runner.place_state(state)
+steps = steps_lib.ShardedSteps(model, mesh, state, steps_lib.make_train_step(model, tx, loss_fn, schedule, c, 2, 100))
+state = steps.place_state(state)
 rng = np.random.default_rng(0)
 batch = {{"x": rng.normal(size=({batch}, c.data.window, 6)).astype(np.float32),
          "y": (rng.random({batch}) < 0.07).astype(np.int32), "r": np.zeros({batch}, np.float32)}}
 t0 = time.perf_counter()
-state, m = runner.train_step(state, runner.put_batch(batch), jax.random.key(0))
+state, m = steps.train_step(state, steps.put_batch(batch), jax.random.key(0))
 jax.block_until_ready(m["loss"])
 compile_s = time.perf_counter() - t0
 times = []
 for _ in range({repeats}):
-  gb = runner.put_batch(batch)
+  gb = steps.put_batch(batch)
   t = time.perf_counter()
   for _ in range({steps}):
-    state, m = runner.train_step(state, gb, jax.random.key(0))
+    state, m = steps.train_step(state, gb, jax.random.key(0))
   jax.block_until_ready(m["loss"])
   times.append((time.perf_counter() - t) / {steps})
 print(json.dumps({{"devices": jax.device_count(), "step_s": float(np.median(times)),

@@ -76,8 +76,6 @@ import numpy as np  # noqa: E402
 MODELS = ("gru", "lstm", "resnet", "transformer", "moe")
 SECTION = "## Train step: JAX vs PyTorch"
 from jaxquant.data import features as _features  # noqa: E402
-from jaxquant import state as state_lib
-from jaxquant import steps as steps_lib
 
 NUM_FEATURES = len(_features.FEATURE_NAMES)  # What the pipeline feeds the models.
 
@@ -205,14 +203,15 @@ def cache_entries(cache_dir):
 def jax_setup(config, host_batch, cache_dir):
   """Compiled JAX step, its state, compile seconds, cache hit, params and FLOPs."""
   from jaxquant import losses
-  from jaxquant import train
+  from jaxquant import state as state_lib
+  from jaxquant import steps as steps_lib
   from jaxquant import xla_options
   model = state_lib.make_model(config, 2)
   tx, schedule = state_lib.make_optimizer(config.train, steps_per_epoch=100)
   alpha = losses.class_weights(config.loss, host_batch["y"], host_batch["r"], 2)
   loss_fn = losses.make_loss_fn(config.loss, alpha)
   state = state_lib.create_train_state(model, tx, NUM_FEATURES, config.data.window,
-                                    config.train.seed)
+                                       config.train.seed)
   step = steps_lib.make_train_step(model, tx, loss_fn, schedule, config, 2,
                                config.train.epochs * 100)
   batch = jax.device_put(host_batch)

@@ -13,10 +13,10 @@ import sys
 from absl import app
 from absl import flags
 from absl import logging
+import jax
 
 from jaxquant import compile_cache
 from jaxquant import host_memory
-from jaxquant import parallel
 
 
 def one_line(message):
@@ -58,6 +58,24 @@ def parse_flags(argv):
     sys.exit(f"error: bad flag: {msg}")
 
 
+def initialize_distributed(coordinator=None, num_processes=None, process_id=None):
+  """Starts jax.distributed when this is a multi-process run; a no-op otherwise.
+
+  Sources, in order: explicit arguments; JAXQUANT_COORDINATOR /
+  JAXQUANT_NUM_PROCESSES / JAXQUANT_PROCESS_ID (set by launch.sh --nproc); SLURM
+  (SLURM_NTASKS > 1: jax.distributed detects the cluster itself).
+  """
+  env = os.environ
+  coordinator = coordinator or env.get("JAXQUANT_COORDINATOR")
+  if coordinator:
+    jax.distributed.initialize(
+        coordinator,
+        num_processes=int(num_processes or env["JAXQUANT_NUM_PROCESSES"]),
+        process_id=int(process_id if process_id is not None else env["JAXQUANT_PROCESS_ID"]))
+  elif int(env.get("SLURM_NTASKS", "1")) > 1:
+    jax.distributed.initialize()
+
+
 def _quiet_library_shutdown_noise():
   """After a failed Orbax save/restore, TensorStore callbacks race the closed asyncio
   loop ("Event loop is closed", unraisable) and asyncio logs the failed tasks ("Task
@@ -85,7 +103,7 @@ def setup_process(distributed=True):
   if not os.environ.get("JAXQUANT_DEBUG"):
     _quiet_library_shutdown_noise()
   if distributed:
-    parallel.initialize_distributed()
+    initialize_distributed()
 
 
 def _guarded(main, argv):

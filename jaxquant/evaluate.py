@@ -148,7 +148,7 @@ def evaluate(workdir, config=None, step=None, stop_reason=None, train_seconds=No
     _pictures(workdir, arrays, results, threshold)
     io_utils.atomic_write_json(os.path.join(workdir, "report.json"), summary)
     report_md.write_report_md(summary, workdir)
-    print(format_summary(summary), flush=True)
+    print(console_summary(summary), flush=True)
   return summary
 
 
@@ -200,7 +200,7 @@ def predict(workdir, config=None, step=None, data_dir=None, out=None):
   return arrays
 
 
-def format_summary(summary):
+def console_summary(summary):
   """A readable summary of report.json."""
   lines = [f"== {summary['config_name']}: checkpoint of epoch {summary['best_epoch']} "
            f"(step {summary['best_step']}), threshold {summary['threshold']:.4f} chosen on val"]

@@ -29,7 +29,7 @@ flags.DEFINE_bool("force", False, "Resume a workdir whose checkpoints come from 
 flags.DEFINE_integer("step", None, "--mode=eval: checkpoint step (default: best by val F1).")
 
 
-def parse_flags(argv):
+def parse_flags_and_saved_overrides(argv):
   """With --mode=eval/predict and no --config=FILE, --config.key=value overrides the
   run's saved config.json: absl knows no such flags then, so they pass to main."""
   saved = (any(a in ("--mode=eval", "--mode=predict") for a in argv)
@@ -68,4 +68,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  cli.run(main, positional=True, flags_parser=parse_flags)
+  cli.run(main, positional=True, flags_parser=parse_flags_and_saved_overrides)

@@ -6,8 +6,6 @@ With jit + NamedShardings, XLA inserts the collectives, so BatchNorm batch
 statistics and gradients are computed over the global batch on any device count.
 """
 
-import os
-
 import jax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -16,24 +14,6 @@ import numpy as np
 from jaxquant.models import moe
 
 DATA, EXPERT = "data", "expert"
-
-
-def initialize_distributed(coordinator=None, num_processes=None, process_id=None):
-  """Starts jax.distributed when this is a multi-process run; a no-op otherwise.
-
-  Sources, in order: explicit arguments; JAXQUANT_COORDINATOR /
-  JAXQUANT_NUM_PROCESSES / JAXQUANT_PROCESS_ID (set by launch.sh --nproc); SLURM
-  (SLURM_NTASKS > 1: jax.distributed detects the cluster itself).
-  """
-  env = os.environ
-  coordinator = coordinator or env.get("JAXQUANT_COORDINATOR")
-  if coordinator:
-    jax.distributed.initialize(
-        coordinator,
-        num_processes=int(num_processes or env["JAXQUANT_NUM_PROCESSES"]),
-        process_id=int(process_id if process_id is not None else env["JAXQUANT_PROCESS_ID"]))
-  elif int(env.get("SLURM_NTASKS", "1")) > 1:
-    jax.distributed.initialize()
 
 
 def make_mesh(mesh_config):

@@ -18,8 +18,6 @@ from collections.abc import Mapping
 
 import numpy as np
 
-__all__ = ["TBWriter", "flatten_scalars"]
-
 _log = logging.getLogger(__name__)
 _warned_missing = False
 

@@ -12,9 +12,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jaxquant import losses, parallel, train  # noqa: E402
-from jaxquant import state as state_lib
-from jaxquant import steps as steps_lib
+from jaxquant import cli  # noqa: E402
+from jaxquant import losses  # noqa: E402
+from jaxquant import parallel  # noqa: E402
+from jaxquant import train  # noqa: E402
+from jaxquant import state as state_lib  # noqa: E402
+from jaxquant import steps as steps_lib  # noqa: E402
 
 
 def tiny_config(model):
@@ -81,19 +84,9 @@ def _grad_absmax(model, loss_fn, state, batch):
 
 
 def run_train(workdir, data_dir):
-  from configs import gru
-  parallel.initialize_distributed()
-  c = gru.get_config("quick")
-  c.data.dir = data_dir
-  c.data.synth.days = 6
-  c.data.synth.instruments = 2
-  c.data.window = 16
-  c.model.hidden = 8
-  c.train.epochs = 2
-  c.train.batch_size = 64
-  c.eval.bootstrap = 0
-  c.eval.tensorboard = False
-  train.train_and_evaluate(c, workdir)
+  from conftest import tiny_config  # This script's folder, tests/, is on sys.path.
+  cli.initialize_distributed()
+  train.train_and_evaluate(tiny_config(data_dir, {"train.epochs": 2}), workdir)
 
 
 if __name__ == "__main__":

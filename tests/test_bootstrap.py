@@ -6,17 +6,14 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
+from conftest import signal_data
 from jaxquant import bootstrap
 from jaxquant import metrics as M
 
 
 def make_data(seed=0, n=3000, prior=0.07):
   """Imbalanced labels with weakly informative scores in (0, 1)."""
-  rng = np.random.default_rng(seed)
-  y = (rng.random(n) < prior).astype(int)
-  y[:2] = [0, 1]
-  s = 1 / (1 + np.exp(-(rng.normal(size=n) + 1.0 * y - 2)))
-  return y, s
+  return signal_data(seed, n, prior)[:2]
 
 
 def reference_ci(y, s, metric, block, n_boot, seed, level=0.95):

@@ -6,31 +6,25 @@ import os
 import numpy as np
 import pytest
 
-from configs import gru
+from conftest import tiny_config
 from jaxquant import evaluate
 from jaxquant import train
 
 
-def tiny_config(data_dir, signal=1.0, days=20, epochs=3):
-  c = gru.get_config("quick")
-  c.name = "tiny"
-  c.data.dir = str(data_dir)
-  c.data.synth.instruments = 4
-  c.data.synth.days = days
-  c.data.synth.signal = signal
-  c.data.window = 24
-  c.model.hidden = 16
-  c.train.epochs = epochs
-  c.train.batch_size = 128
-  c.eval.batch_size = 512
-  return c
+def e2e_config(data_dir, signal=1.0, days=20, epochs=3):
+  """A market large enough to judge skill, with bootstrap intervals and TensorBoard."""
+  return tiny_config(data_dir, {
+      "name": "tiny", "data.synth.instruments": 4, "data.synth.days": days,
+      "data.synth.signal": signal, "data.window": 24, "model.hidden": 16,
+      "train.epochs": epochs, "train.batch_size": 128, "eval.batch_size": 512,
+      "eval.bootstrap": 500, "eval.tensorboard": True})
 
 
 @pytest.fixture(scope="module")
 def signal_run(tmp_path_factory):
   root = tmp_path_factory.mktemp("signal")
   workdir = str(root / "run")
-  report = train.train_and_evaluate(tiny_config(root / "data"), workdir)
+  report = train.train_and_evaluate(e2e_config(root / "data"), workdir)
   return workdir, report
 
 
@@ -38,7 +32,7 @@ def signal_run(tmp_path_factory):
 def nosignal_run(tmp_path_factory):
   root = tmp_path_factory.mktemp("nosignal")
   workdir = str(root / "run")
-  return train.train_and_evaluate(tiny_config(root / "data", signal=0.0), workdir)
+  return train.train_and_evaluate(e2e_config(root / "data", signal=0.0), workdir)
 
 
 def test_report_has_what_a_researcher_needs(signal_run):
@@ -145,7 +139,7 @@ def test_cli_eval_with_overrides_of_the_saved_config(signal_run):
 
 
 def test_rerun_of_an_early_stopped_run_trains_no_further(tmp_path):
-  config = tiny_config(tmp_path / "data", signal=0.0, days=8, epochs=12)
+  config = e2e_config(tmp_path / "data", signal=0.0, days=8, epochs=12)
   config.train.patience = 1
   config.eval.bootstrap = 0
   config.eval.tensorboard = False

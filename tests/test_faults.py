@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+from conftest import tiny_flags
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import soak  # noqa: E402  (benchmarks/soak.py: the longer version of these tests)
@@ -19,11 +21,8 @@ _results = soak.results
 
 def _cmd(workdir, data_dir, *extra):
   return [sys.executable, "-m", "jaxquant.main", "--config=configs/gru.py:quick",
-          f"--workdir={workdir}", f"--config.data.dir={data_dir}",
-          "--config.data.synth.days=6", "--config.data.synth.instruments=2",
-          "--config.data.window=16", "--config.model.hidden=8", "--config.train.epochs=2",
-          "--config.train.batch_size=32", "--config.eval.bootstrap=0",
-          "--config.eval.tensorboard=false", *extra]
+          f"--workdir={workdir}",
+          *tiny_flags(data_dir, {"train.epochs": 2, "train.batch_size": 32}), *extra]
 
 
 def _run(cmd, timeout=300):

@@ -9,11 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import gru
+from conftest import tiny_config
 from jaxquant import checkpoints as checkpoints_lib
 from jaxquant import losses
-from jaxquant import train
 from jaxquant import state as state_lib
+from jaxquant import train
 
 EPOCHS = 4
 ISOLATED_NAN_LOSS = (2, 5)  # Optimizer steps (0-based, before the update) with a NaN loss...
@@ -37,27 +37,16 @@ def _poison_bwd(bad, g):
 _poison_grad.defvjp(_poison_fwd, _poison_bwd)
 
 
-def tiny_config(data_dir):
-  c = gru.get_config("quick")
-  c.data.dir = str(data_dir)
-  c.data.synth.instruments = 2
-  c.data.synth.days = 6
-  c.data.window = 16
-  c.model.hidden = 8
-  c.train.epochs = EPOCHS
-  c.train.batch_size = 128
-  c.train.max_bad_steps = 3
-  c.train.patience = 100
-  c.eval.collapse_patience = 100
-  c.eval.bootstrap = 0
-  c.eval.tensorboard = False
-  return c
+def nonfinite_config(data_dir):
+  return tiny_config(data_dir, {"train.epochs": EPOCHS, "train.batch_size": 128,
+                                "train.max_bad_steps": 3, "train.patience": 100,
+                                "eval.collapse_patience": 100})
 
 
 @pytest.fixture(scope="module")
 def poisoned_run(tmp_path_factory):
   root = tmp_path_factory.mktemp("nonfinite")
-  config = tiny_config(root / "data")
+  config = nonfinite_config(root / "data")
   real = losses.make_loss_fn
   steps_per_epoch = {}
 

@@ -3,22 +3,14 @@
 import jax
 import numpy as np
 
+from conftest import tiny_config
 from configs import transformer
 from jaxquant import evaluate
 from jaxquant import train
 
 
 def _config(data_dir, variant):
-  c = transformer.get_config(variant)
-  c.data.dir = str(data_dir)
-  c.data.synth.instruments = 2
-  c.data.synth.days = 6
-  c.data.window = 16
-  c.train.epochs = 1
-  c.train.batch_size = 64
-  c.eval.bootstrap = 0
-  c.eval.tensorboard = False
-  return c
+  return tiny_config(data_dir, config=transformer.get_config(variant))
 
 
 def _best_state(workdir, config):

@@ -2,25 +2,14 @@
 
 import os
 
-import numpy as np
 
+from conftest import signal_data
 from jaxquant import bootstrap
 from jaxquant import metrics as M
 from jaxquant import report_md
 from jaxquant import trading
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def make_data(seed=0, n=3000, prior=0.07):
-  """Imbalanced labels, weakly informative scores in (0, 1), returns tied to the labels."""
-  rng = np.random.default_rng(seed)
-  y = (rng.random(n) < prior).astype(int)
-  y[:2] = [0, 1]
-  s = 1 / (1 + np.exp(-(rng.normal(size=n) + 1.0 * y - 2)))
-  r = rng.normal(0, 0.004, n) + 0.008 * y
-  r[rng.random(n) < 0.05] = 0.0  # flat windows: neither win nor loss
-  return y, s, r
 
 
 def fake_summary(y, s, r):
@@ -44,7 +33,7 @@ def fake_summary(y, s, r):
 
 
 def test_write_report_md(tmp_path):
-  y, s, r = make_data(12, n=1500)
+  y, s, r = signal_data(12, n=1500)
   summary = fake_summary(y, s, r)
   (tmp_path / "test_roc_pr.png").write_bytes(PNG_MAGIC)  # only its existence matters here
   path = report_md.write_report_md(summary, str(tmp_path))

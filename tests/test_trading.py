@@ -6,20 +6,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
+from conftest import signal_data
 from jaxquant import trading
-
-
-def make_data(seed=0, n=3000, prior=0.07, ties=False):
-  """Imbalanced labels, weakly informative scores in (0, 1), returns tied to the labels."""
-  rng = np.random.default_rng(seed)
-  y = (rng.random(n) < prior).astype(int)
-  y[:2] = [0, 1]
-  s = 1 / (1 + np.exp(-(rng.normal(size=n) + 1.0 * y - 2)))
-  if ties:
-    s = np.round(s, 2)
-  r = rng.normal(0, 0.004, n) + 0.008 * y
-  r[rng.random(n) < 0.05] = 0.0  # flat windows: neither win nor loss
-  return y, s, r
 
 
 def assert_close(a, b, tol=1e-12):
@@ -31,7 +19,7 @@ def assert_close(a, b, tol=1e-12):
 
 @pytest.mark.parametrize("seed,ties", [(0, False), (1, True)])
 def test_trading_sweep_matches_a_loop(seed, ties):
-  y, s, r = make_data(seed, ties=ties)
+  y, s, r = signal_data(seed, ties=ties)
   rows = trading.trading_sweep(y, s, r)
   thresholds = [row["threshold"] for row in rows]
   assert thresholds == sorted(set(thresholds))
@@ -62,7 +50,7 @@ def test_trading_sweep_matches_a_loop(seed, ties):
 
 
 def test_trading_sweep_default_includes_signal_share_quantiles():
-  y, s, r = make_data(2, n=5000)
+  y, s, r = signal_data(2, n=5000)
   s = s * 0.3  # A model far below 0.5: the fixed grid alone would signal almost nothing.
   rows = trading.trading_sweep(y, s, r)
   shares = {round(row["signal_share"], 4) for row in rows}
@@ -72,7 +60,7 @@ def test_trading_sweep_default_includes_signal_share_quantiles():
 
 
 def test_trading_sweep_given_thresholds_keep_order_and_empty_signals():
-  y, s, r = make_data(3)
+  y, s, r = signal_data(3)
   rows = trading.trading_sweep(y, s, r, thresholds=[0.9, 2.0, 0.1])
   assert [row["threshold"] for row in rows] == [0.9, 2.0, 0.1]
   empty = rows[1]
@@ -81,7 +69,7 @@ def test_trading_sweep_given_thresholds_keep_order_and_empty_signals():
 
 
 def test_trading_sweep_validates_returns():
-  y, s, r = make_data(4, n=100)
+  y, s, r = signal_data(4, n=100)
   with pytest.raises(ValueError, match="shape"):
     trading.trading_sweep(y, s, r[:-1])
   r[3] = np.nan

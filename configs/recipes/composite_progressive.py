@@ -4,14 +4,11 @@ python -m jaxquant.main --config=configs/recipes/composite_progressive.py       
 python -m jaxquant.main --config=configs/recipes/composite_progressive.py:quick    # minutes on a 2-core CPU
 """
 
-from configs import common
-from configs import gru
+from configs import recipes
 
 
 def get_config(arg=None):
-  common.parse_arg(arg, __file__, common.QUICK)  # Names this file in the error.
-  c = gru.get_config(arg)
-  c.name = c.name.replace("gru", "gru-composite_progressive")  # gru-composite_progressive[-quick]
+  c = recipes.gru_recipe(arg, __file__)
   c.loss.name = "composite"
   c.loss.alpha = "inverse_frequency"  # Weights of the CE part.
   c.loss.composite_schedule = "progressive"

@@ -4,14 +4,11 @@ python -m jaxquant.main --config=configs/recipes/focal_pl.py          # full sca
 python -m jaxquant.main --config=configs/recipes/focal_pl.py:quick    # minutes on a 2-core CPU
 """
 
-from configs import common
-from configs import gru
+from configs import recipes
 
 
 def get_config(arg=None):
-  common.parse_arg(arg, __file__, common.QUICK)  # Names this file in the error.
-  c = gru.get_config(arg)
-  c.name = c.name.replace("gru", "gru-focal_pl")  # gru-focal_pl[-quick]
+  c = recipes.gru_recipe(arg, __file__)
   c.loss.name = "focal"
   c.loss.gamma = 2.0
   c.loss.alpha = "profit_loss"  # [1, mean win of positives / mean loss of negatives].

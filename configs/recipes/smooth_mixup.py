@@ -4,14 +4,11 @@ python -m jaxquant.main --config=configs/recipes/smooth_mixup.py          # full
 python -m jaxquant.main --config=configs/recipes/smooth_mixup.py:quick    # minutes on a 2-core CPU
 """
 
-from configs import common
-from configs import gru
+from configs import recipes
 
 
 def get_config(arg=None):
-  common.parse_arg(arg, __file__, common.QUICK)  # Names this file in the error.
-  c = gru.get_config(arg)
-  c.name = c.name.replace("gru", "gru-smooth_mixup")  # gru-smooth_mixup[-quick]
+  c = recipes.gru_recipe(arg, __file__)
   c.loss.name = "ce"
   c.loss.alpha = "inverse_frequency"
   c.loss.label_smoothing = 0.2

@@ -4,14 +4,11 @@ python -m jaxquant.main --config=configs/recipes/weighted_ce.py          # full 
 python -m jaxquant.main --config=configs/recipes/weighted_ce.py:quick    # minutes on a 2-core CPU
 """
 
-from configs import common
-from configs import gru
+from configs import recipes
 
 
 def get_config(arg=None):
-  common.parse_arg(arg, __file__, common.QUICK)  # Names this file in the error.
-  c = gru.get_config(arg)
-  c.name = c.name.replace("gru", "gru-weighted_ce")  # gru-weighted_ce[-quick]
+  c = recipes.gru_recipe(arg, __file__)
   c.loss.name = "ce"
   # A string, not a tuple: ConfigDict keeps the str type of loss.alpha, and the
   # string form can be overridden from the command line (--config.loss.alpha=1,10).

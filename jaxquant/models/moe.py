@@ -15,7 +15,6 @@ from typing import Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxquant.models import dropout as dropout_lib
 from jaxquant.models import param_count
