@@ -38,11 +38,11 @@ from jaxquant.models.attention import (default_block_size,  # pylint: disable=g-
 SECTION = "## Local attention"
 
 
-def _fwd_bwd(impl, window):
+def _fwd_bwd(impl, radius):
   """jit-able (q, k, v, g) → (loss, grads) for one attention implementation."""
   attend = {
-      "local": lambda q, k, v: local_attention(q, k, v, window),
-      "dense": lambda q, k, v: dense_local_attention_reference(q, k, v, window),
+      "local": lambda q, k, v: local_attention(q, k, v, radius),
+      "dense": lambda q, k, v: dense_local_attention_reference(q, k, v, radius),
   }[impl]
   def f(q, k, v, g):
     return jax.value_and_grad(lambda q, k, v: jnp.sum(attend(q, k, v) * g),
@@ -60,7 +60,7 @@ def _jaxpr_bytes(f, *args):
   return total
 
 
-def measure(impl, seq_len, window, batch, heads, depth, time_it, min_repeats, budget_s):
+def measure(impl, seq_len, radius, batch, heads, depth, time_it, min_repeats, budget_s):
   """Compiles (and optionally times) one cell of the table.
 
   Returns:
@@ -69,7 +69,7 @@ def measure(impl, seq_len, window, batch, heads, depth, time_it, min_repeats, bu
   rng = np.random.default_rng(0)
   args = [jnp.asarray(rng.standard_normal((batch, seq_len, heads, depth)), jnp.float32)
           for _ in range(4)]
-  f = _fwd_bwd(impl, window)
+  f = _fwd_bwd(impl, radius)
   compiled = jax.jit(f).lower(*args).compile()
   mem, source = None, "memory_analysis temp"
   try:
@@ -113,7 +113,7 @@ def markdown(rows, settings, notes):
       SECTION,
       "",
       f"Forward+backward of one attention call, B={settings['batch']}, H={settings['heads']}, "
-      f"D={settings['depth']}, window w={settings['window']} (|i-j| <= w), float32, "
+      f"D={settings['depth']}, radius w={settings['radius']} (|i-j| <= w), float32, "
       f"{settings['device']}; jax {jax.__version__}; load average "
       f"{settings['load']:.1f} at the start (other work shares these cores). Produced by "
       f"`python benchmarks/attention.py{' --quick' if settings['quick'] else ''}`.",
@@ -149,7 +149,7 @@ def main(argv=None):
   parser.add_argument("--quick", action="store_true",
                       help="fewer repeats; dense attention at T=8000 compiled (memory) but not timed")
   parser.add_argument("--lengths", default="500,2000,8000")
-  parser.add_argument("--window", type=int, default=20)
+  parser.add_argument("--radius", type=int, default=20)
   parser.add_argument("--batch", type=int, default=1)
   parser.add_argument("--heads", type=int, default=4)
   parser.add_argument("--depth", type=int, default=32)
@@ -165,17 +165,17 @@ def main(argv=None):
   device = jax.devices()[0]
   settings = {"load": os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan"),
               "batch": args.batch, "heads": args.heads, "depth": args.depth,
-              "window": args.window, "quick": args.quick,
+              "radius": args.radius, "quick": args.quick,
               "device": f"{device.platform.upper()} ({device.device_kind}, "
                         f"{os.cpu_count()} cores, {platform.machine()})"}
   rows, local_times = [], {}
   for seq_len in lengths:
     for impl in ("local", "dense"):
       time_it = not (args.quick and impl == "dense" and seq_len >= 8000)
-      r = measure(impl, seq_len, args.window, args.batch, args.heads, args.depth,
+      r = measure(impl, seq_len, args.radius, args.batch, args.heads, args.depth,
                   time_it, *repeats[impl])
       r.update(T=seq_len, impl=impl,
-               block=default_block_size(seq_len, args.window) if impl == "local" else "-",
+               block=default_block_size(seq_len, args.radius) if impl == "local" else "-",
                skip_reason="not timed (--quick)")
       rows.append(r)
       if impl == "local":
@@ -189,10 +189,10 @@ def main(argv=None):
   # working set outgrowing the caches, not from the algorithm.
   control = None
   if 500 in lengths and 8000 in lengths:
-    control = measure("local", 500, args.window, 16 * args.batch, args.heads, args.depth,
+    control = measure("local", 500, args.radius, 16 * args.batch, args.heads, args.depth,
                       True, *repeats["local"])
     control.update(T=500, impl=f"local, B={16 * args.batch} (control)",
-                   block=default_block_size(500, args.window), skip_reason="")
+                   block=default_block_size(500, args.radius), skip_reason="")
     rows.append(control)
     print(f"T=  500 local B={16 * args.batch} {control['time_ms']:9.2f} ms", flush=True)
 

@@ -205,11 +205,11 @@ class ResNet(nn.Module):
 # --------------------------------------------------------------------------- Transformer
 
 
-def band_mask(seq_len, window, causal, device=None):
+def band_mask(seq_len, radius, causal, device=None):
   """[T, T] bool, True where query i may attend key j (|i - j| <= w)."""
   i = torch.arange(seq_len, device=device)[:, None]
   j = torch.arange(seq_len, device=device)[None, :]
-  mask = (i - j).abs() <= window if window is not None else torch.ones(
+  mask = (i - j).abs() <= radius if radius is not None else torch.ones(
       seq_len, seq_len, dtype=torch.bool, device=device)
   if causal:
     mask = mask & (j <= i)
@@ -220,21 +220,21 @@ class LocalSelfAttention(nn.Module):
   """q/k/v/out projections (flax DenseGeneral (d, H, D) ↔ Linear(d, H·D)), dense
   T×T SDPA under a band mask, whole-head dropout."""
 
-  def __init__(self, d_model, num_heads, window, causal, head_dropout, attention):
+  def __init__(self, d_model, num_heads, radius, causal, head_dropout, attention):
     super().__init__()
     self.h, self.dh = num_heads, d_model // num_heads
     self.query = nn.Linear(d_model, num_heads * self.dh)
     self.key = nn.Linear(d_model, num_heads * self.dh)
     self.value = nn.Linear(d_model, num_heads * self.dh)
     self.out = nn.Linear(num_heads * self.dh, d_model)
-    self.window = window if attention == "local" else None
+    self.radius = radius if attention == "local" else None
     self.causal, self.head_dropout = causal, head_dropout
 
   def forward(self, x):
     b, t, _ = x.shape
     split = lambda y: y.view(b, t, self.h, self.dh).transpose(1, 2)  # [B, H, T, D]
     q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
-    mask = band_mask(t, self.window, self.causal, x.device)
+    mask = band_mask(t, self.radius, self.causal, x.device)
     o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, H, T, D]
     if self.training and self.head_dropout > 0:
       keep = torch.bernoulli(torch.full((b, self.h, 1, 1), 1 - self.head_dropout,
@@ -293,11 +293,11 @@ class MoEFeedForward(nn.Module):
 
 
 class Block(nn.Module):
-  def __init__(self, d_model, num_heads, window, causal, attention, dropout, head_dropout,
+  def __init__(self, d_model, num_heads, radius, causal, attention, dropout, head_dropout,
                ffn):
     super().__init__()
     self.ln_attn = nn.LayerNorm(d_model, eps=1e-6)
-    self.attn = LocalSelfAttention(d_model, num_heads, window, causal, head_dropout,
+    self.attn = LocalSelfAttention(d_model, num_heads, radius, causal, head_dropout,
                                    attention)
     self.drop = nn.Dropout(dropout)
     self.ln_ffn = nn.LayerNorm(d_model, eps=1e-6)
@@ -331,7 +331,7 @@ class Transformer(nn.Module):
                              m.get("expert_dim", None) or m.get("mlp_dim"), m.dropout)
       else:
         ffn = MlpBlock(d, m.mlp_dim, m.dropout)
-      blocks.append(Block(d, m.num_heads, m.window, m.get("causal", False),
+      blocks.append(Block(d, m.num_heads, m.attention_radius, m.get("causal", False),
                           m.get("attention", "local"), m.dropout, m.head_dropout, ffn))
     self.blocks = nn.ModuleList(blocks)
     self.ln_final = nn.LayerNorm(d, eps=1e-6)

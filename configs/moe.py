@@ -1,7 +1,7 @@
 """Mixture-of-experts Transformer (every feed-forward layer → 8 experts, top-2).
 
 Full scale: d_model 256, 8 heads, 4 layers, expert MLP 1760, 8 experts top-2,
-capacity factor 1.25, window 20, head dropout 0.1, load-balancing weight 0.01,
+capacity factor 1.25, attention radius 20, head dropout 0.1, load-balancing weight 0.01,
 z-loss 1e-3 → 30.10 M parameters in total, 8.42 M active per token with the 6
 bar features (`python benchmarks/param_counts.py`; original system: ~30 M / ~7.5 M,
 i.e. total·k/E; counting the shared attention/embedding weights as always active

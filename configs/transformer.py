@@ -1,6 +1,6 @@
 """Transformer with local attention on the original system's settings.
 
-Full scale: d_model 512, 8 heads, 8 layers, MLP 2240, window 20, head dropout
+Full scale: d_model 512, 8 heads, 8 layers, MLP 2240, attention radius 20, head dropout
 0.1, learned positions (max_len 512 ≥ T=500) → 27.06 M parameters with the 6
 bar features (`python benchmarks/param_counts.py`; original system: 26.9 M).
 Batch 32, T=500, AdamW 2e-4, focal loss.
@@ -27,7 +27,7 @@ def model_config(quick: bool):
   m.num_heads = 8
   m.num_layers = 8
   m.mlp_dim = 2240
-  m.window = 20  # Attend to |i - j| <= 20 bars.
+  m.attention_radius = 20  # Attend to |i - j| <= 20 bars.
   m.causal = False
   m.attention = "local"  # "dense" = full T×T attention, for comparison only.
   m.positions = "learned"  # Or "sinusoidal".

@@ -35,6 +35,9 @@ def load_run_config(workdir):
     raise ValueError(f"{workdir} has no config.json: not a jaxquant run directory")
   with open(path) as f:
     saved = json.load(f)
+  model = saved.get("model", {})
+  if "window" in model and model.get("name") in ("transformer", "moe"):
+    model["attention_radius"] = model.pop("window")  # A run saved before the rename.
   config = config_defaults.get_config()
   _merge(config, saved)
   return config

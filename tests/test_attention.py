@@ -14,8 +14,8 @@ from jaxquant.models.attention import (LocalSelfAttention, default_block_size,
 # CI machine spends far longer compiling them than running them.
 jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 
-# (T, window, block_size, causal): T not a multiple of the block (all but one),
-# default and explicit blocks > window, T < window (one block), w = 0;
+# (T, radius, block_size, causal): T not a multiple of the block (all but one),
+# default and explicit blocks > radius, T < radius (one block), w = 0;
 # causal and not. Each case is one compile, so the list is kept short.
 CASES = [
     (37, 5, None, False),  # b = 8, nb = 5, 3 padded positions.
@@ -35,8 +35,8 @@ def _qkv(seq_len, batch=2, heads=3, depth=4, seed=0):
   return tuple(_normal((batch, seq_len, heads, depth), seed + i) for i in range(4))
 
 
-@pytest.mark.parametrize("seq_len,window,block,causal", CASES)
-def test_matches_dense_reference_values_and_grads(seq_len, window, block, causal):
+@pytest.mark.parametrize("seq_len,radius,block,causal", CASES)
+def test_matches_dense_reference_values_and_grads(seq_len, radius, block, causal):
   q, k, v, g = _qkv(seq_len)
 
   @jit
@@ -45,8 +45,8 @@ def test_matches_dense_reference_values_and_grads(seq_len, window, block, causal
     # q, k and v, for the blockwise and the dense version, in one program.
     def value_and_grads(f):
       return jax.grad(lambda *a: jnp.sum(f(*a) * g), argnums=(0, 1, 2))(q, k, v), f(q, k, v)
-    local = lambda q, k, v: local_attention(q, k, v, window, causal=causal, block_size=block)
-    dense = lambda q, k, v: dense_local_attention_reference(q, k, v, window, causal)
+    local = lambda q, k, v: local_attention(q, k, v, radius, causal=causal, block_size=block)
+    dense = lambda q, k, v: dense_local_attention_reference(q, k, v, radius, causal)
     return value_and_grads(local), value_and_grads(dense)
 
   (got_grads, got), (want_grads, want) = both(q, k, v, g)
@@ -58,14 +58,14 @@ def test_matches_dense_reference_values_and_grads(seq_len, window, block, causal
 
 def test_band_is_exact():
   # With v = one-hot positions, out[i] is the attention distribution of row i.
-  seq_len, window = 12, 2
+  seq_len, radius = 12, 2
   q = np.zeros((1, seq_len, 1, seq_len), np.float32)  # Equal scores → uniform over the band.
   v = np.eye(seq_len, dtype=np.float32)[None, :, None, :]
   for causal in (False, True):
-    fn = jit(lambda q, v: local_attention(q, q, v, window, causal=causal, block_size=4))
+    fn = jit(lambda q, v: local_attention(q, q, v, radius, causal=causal, block_size=4))
     p = np.asarray(fn(q, v))[0, :, 0]
     for i in range(seq_len):
-      lo, hi = max(0, i - window), (i if causal else min(seq_len - 1, i + window))
+      lo, hi = max(0, i - radius), (i if causal else min(seq_len - 1, i + radius))
       want = np.zeros(seq_len)
       want[lo:hi + 1] = 1.0 / (hi - lo + 1)
       np.testing.assert_allclose(p[i], want, atol=1e-6)
@@ -116,14 +116,14 @@ def _has_txt_array(fn, seq_len, *args):
 
 @pytest.mark.parametrize("causal", [False, True])
 def test_blockwise_never_builds_a_txt_array(causal):
-  seq_len, window = 512, 8
+  seq_len, radius = 512, 8
   q, k, v, _ = _qkv(seq_len, batch=1, heads=2, depth=4)
   fwd_bwd = jax.value_and_grad(
-      lambda q, k, v: jnp.sum(local_attention(q, k, v, window, causal=causal) ** 2),
+      lambda q, k, v: jnp.sum(local_attention(q, k, v, radius, causal=causal) ** 2),
       argnums=(0, 1, 2))
   assert _has_txt_array(fwd_bwd, seq_len, q, k, v) == []
   # The check itself works: the dense reference does build [.., T, T] scores.
-  dense = lambda q, k, v: dense_local_attention_reference(q, k, v, window, causal)
+  dense = lambda q, k, v: dense_local_attention_reference(q, k, v, radius, causal)
   assert _has_txt_array(dense, seq_len, q, k, v)
 
 
@@ -142,7 +142,7 @@ def _head_outputs_fn(layer, x, train):
 
 def test_head_dropout_drops_whole_heads():
   p, heads = 0.5, 4
-  layer = LocalSelfAttention(num_heads=heads, window=3, head_dropout=p)
+  layer = LocalSelfAttention(num_heads=heads, radius=3, head_dropout=p)
   x = _normal((16, 10, 16), 1)
   run = _head_outputs_fn(layer, x, train=True)
   _, before, after = run(3)
@@ -159,7 +159,7 @@ def test_head_dropout_drops_whole_heads():
 
 
 def test_head_dropout_is_identity_in_eval():
-  layer = LocalSelfAttention(num_heads=4, window=3, head_dropout=0.5)
+  layer = LocalSelfAttention(num_heads=4, radius=3, head_dropout=0.5)
   x = _normal((4, 10, 16), 1)
   run = _head_outputs_fn(layer, x, train=False)
   out1, before, after = run(3)
@@ -170,8 +170,8 @@ def test_head_dropout_is_identity_in_eval():
 
 def test_layer_local_matches_dense_when_window_covers_sequence():
   x = _normal((2, 9, 8), 2)
-  local = LocalSelfAttention(num_heads=2, window=9, head_dropout=0.0)
-  dense = LocalSelfAttention(num_heads=2, window=9, head_dropout=0.0, attention="dense")
+  local = LocalSelfAttention(num_heads=2, radius=9, head_dropout=0.0)
+  dense = LocalSelfAttention(num_heads=2, radius=9, head_dropout=0.0, attention="dense")
 
   @jit
   def both(key):

@@ -111,3 +111,18 @@ def test_unknown_variant_is_one_line_naming_it_and_the_file():
   assert p.returncode == 1
   lines = p.stderr.strip().splitlines()
   assert len(lines) == 1 and "unknown variant 'nope' of configs/gru.py (known: quick)" in lines[0], lines
+
+
+def test_a_run_saved_with_the_old_attention_key_still_loads(tmp_path):
+  """Runs saved before model.window (the attention half-width) became
+  model.attention_radius keep their value under the new name."""
+  import json
+  from configs import transformer
+  from jaxquant import evaluate
+  saved = json.loads(transformer.get_config("quick").to_json())
+  saved["model"]["window"] = saved["model"].pop("attention_radius")
+  saved["model"]["window"] = 7
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  config = evaluate.load_run_config(str(tmp_path))
+  assert config.model.attention_radius == 7 and "window" not in config.model
+  config_check.validate(config)

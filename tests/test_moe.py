@@ -215,7 +215,7 @@ def test_load_balancing_and_z_loss_match_formula():
   assert lb >= 0.9
 
 
-SMALL = dict(d_model=16, num_heads=2, num_layers=1, mlp_dim=32, window=3, max_len=64)
+SMALL = dict(d_model=16, num_heads=2, num_layers=1, mlp_dim=32, attention_radius=3, max_len=64)
 
 
 def _numpy_params(model, x):

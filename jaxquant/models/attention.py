@@ -1,7 +1,7 @@
 """Banded (local) self-attention, computed blockwise in O(T·w) time and memory.
 
-Position i attends to keys j with |i - j| <= window (causal: i - window <= j <= i).
-The sequence is cut into blocks of `b >= window` positions; every query block
+Position i attends to keys j with |i - j| <= radius (causal: i - radius <= j <= i).
+The sequence is cut into blocks of `b >= radius` positions; every query block
 only needs the keys of the previous, current and next block (flaxformer's
 "concat_3_blocks" long-attention layout), so the largest score tensor is
 `[B, H, nb, b, 3b]` ≈ 3·T·b entries instead of T².
@@ -18,10 +18,10 @@ def _round_up(n: int, multiple: int) -> int:
   return -(-n // multiple) * multiple
 
 
-def default_block_size(seq_len: int, window: int) -> int:
+def default_block_size(seq_len: int, radius: int) -> int:
   """Block size used when `local_attention(..., block_size=None)`.
 
-  The window rounded up to a multiple of 8 (at least 8). When the whole
+  The radius rounded up to a multiple of 8 (at least 8). When the whole
   sequence (rounded up to 8) is no longer than three such blocks, it becomes a
   single block instead: the previous/current/next concatenation would hold
   every key anyway, and one [T, T] block is cheaper than three padded ones
@@ -30,12 +30,12 @@ def default_block_size(seq_len: int, window: int) -> int:
 
   Args:
     seq_len: T.
-    window: the attention half-width w.
+    radius: the attention half-width w.
 
   Returns:
-    The block size b (b >= window, or b >= T so that there is only one block).
+    The block size b (b >= radius, or b >= T so that there is only one block).
   """
-  b = _round_up(max(window, 1), 8)
+  b = _round_up(max(radius, 1), 8)
   whole = _round_up(max(seq_len, 1), 8)
   return whole if whole <= 3 * b else b
 
@@ -62,36 +62,36 @@ def _masked_softmax(scores, mask):
   return p / jnp.where(denom > 0, denom, 1.0)
 
 
-def local_attention(q, k, v, window: int, *, causal: bool = False,
+def local_attention(q, k, v, radius: int, *, causal: bool = False,
                     block_size: Optional[int] = None):
   """Banded attention computed blockwise, never building a T×T score matrix.
 
   Scores are `q·k / sqrt(D)`; the softmax runs in float32 whatever the input
-  dtype. Position i attends to j with |i - j| <= window (causal: i - window <=
-  j <= i), i.e. up to 2·window + 1 keys (window + 1 if causal).
+  dtype. Position i attends to j with |i - j| <= radius (causal: i - radius <=
+  j <= i), i.e. up to 2·radius + 1 keys (radius + 1 if causal).
 
   Args:
     q: queries [B, T, H, D].
     k: keys [B, T, H, D].
     v: values [B, T, H, D].
-    window: w >= 0, the half-width of the band (0 = each position sees itself).
+    radius: w >= 0, the half-width of the band (0 = each position sees itself).
     causal: if True, only keys at or before the query position.
-    block_size: b; None picks `default_block_size(T, window)`. Must be >= window
+    block_size: b; None picks `default_block_size(T, radius)`. Must be >= radius
       unless the whole (padded) sequence fits in one block.
 
   Returns:
     [B, T, H, D] attention outputs, in q's dtype.
   """
-  if window < 0:
-    raise ValueError(f"window must be >= 0, got {window}")
+  if radius < 0:
+    raise ValueError(f"radius must be >= 0, got {radius}")
   batch, seq_len, heads, depth = q.shape
-  b = default_block_size(seq_len, window) if block_size is None else int(block_size)
+  b = default_block_size(seq_len, radius) if block_size is None else int(block_size)
   if b < 1:
     raise ValueError(f"block_size must be >= 1, got {b}")
   nb = -(-seq_len // b)  # Number of blocks after padding T up to nb·b.
-  if b < window and nb > 1:
+  if b < radius and nb > 1:
     # A query at offset r of block n may need key r - w of block n - 2 otherwise.
-    raise ValueError(f"block_size={b} < window={window}: keys would fall outside "
+    raise ValueError(f"block_size={b} < radius={radius}: keys would fall outside "
                      "the previous/current/next blocks")
   padded = nb * b
   pad = padded - seq_len
@@ -135,7 +135,7 @@ def local_attention(q, k, v, window: int, *, causal: bool = False,
   r = jnp.arange(b)[:, None]
   s = jnp.arange(num_kblocks * b)[None, :]
   offset = r - s + first * b  # [b, nk·b] = i - j
-  band = (offset <= window) & (offset >= (0 if causal else -window))
+  band = (offset <= radius) & (offset >= (0 if causal else -radius))
   # Key validity depends on the block n and slot s only: j must lie in [0, T).
   # Example (T=10, b=4): block n=0, slots 0..3 → j=-4..-1 (invalid);
   # block n=2, slots 6..7 → j=10, 11 (padding, invalid).
@@ -153,7 +153,7 @@ def local_attention(q, k, v, window: int, *, causal: bool = False,
   return out.astype(q.dtype)
 
 
-def dense_local_attention_reference(q, k, v, window: Optional[int],
+def dense_local_attention_reference(q, k, v, radius: Optional[int],
                                     causal: bool = False):
   """Dense T×T attention with the band mask — for tests, benchmarks, comparisons.
 
@@ -161,7 +161,7 @@ def dense_local_attention_reference(q, k, v, window: Optional[int],
     q: queries [B, T, H, D].
     k: keys [B, T, H, D].
     v: values [B, T, H, D].
-    window: half-width of the band; None = full (global) attention.
+    radius: half-width of the band; None = full (global) attention.
     causal: if True, only keys at or before the query position.
 
   Returns:
@@ -171,8 +171,8 @@ def dense_local_attention_reference(q, k, v, window: Optional[int],
   i = jnp.arange(seq_len)[:, None]
   j = jnp.arange(seq_len)[None, :]
   mask = jnp.ones((seq_len, seq_len), bool)
-  if window is not None:
-    mask &= jnp.abs(i - j) <= window
+  if radius is not None:
+    mask &= jnp.abs(i - j) <= radius
   if causal:
     mask &= j <= i
   scale = 1.0 / jnp.sqrt(jnp.asarray(depth, jnp.float32))
@@ -204,25 +204,25 @@ def head_dropout_mask(rng, batch: int, num_heads: int, rate: float, dtype=jnp.fl
 
 
 class LocalSelfAttention(nn.Module):
-  """Multi-head self-attention restricted to a band |i - j| <= window.
+  """Multi-head self-attention restricted to a band |i - j| <= radius.
 
   Attributes:
     num_heads: H.
     head_dim: D per head; None = d_model // num_heads.
     d_model: output width; None = the input's last dimension.
-    window: band half-width w.
+    radius: band half-width w.
     causal: only attend to the past (and the position itself).
     head_dropout: probability of zeroing a whole head's output (per example)
       during training; kept heads are scaled by 1/(1-p).
     attention: "local" (blockwise band) or "dense" (full T×T attention over all
-      positions via the dense reference, ignoring `window` — for comparison).
+      positions via the dense reference, ignoring `radius` — for comparison).
     block_size: block size of the local kernel; None = automatic.
     dtype: compute dtype (params float32).
   """
   num_heads: int = 4
   head_dim: Optional[int] = None
   d_model: Optional[int] = None
-  window: int = 20
+  radius: int = 20
   causal: bool = False
   head_dropout: float = 0.0
   attention: str = "local"
@@ -244,7 +244,7 @@ class LocalSelfAttention(nn.Module):
     split = lambda y: y.reshape(x.shape[:-1] + (self.num_heads, head_dim))
     q, k, v = (split(proj(name)(rows)) for name in ("query", "key", "value"))
     if self.attention == "local":
-      h = local_attention(q, k, v, self.window, causal=self.causal,
+      h = local_attention(q, k, v, self.radius, causal=self.causal,
                           block_size=self.block_size)
     elif self.attention == "dense":
       h = dense_local_attention_reference(q, k, v, None, causal=self.causal)

@@ -71,13 +71,13 @@ class Block(nn.Module):
   Attributes:
     ffn_factory: called as `ffn_factory(name="ffn")` inside the block to build
       the feed-forward module (`MlpBlock` or `MoEFeedForward` partials).
-    num_heads, window, causal, attention, head_dropout: see attention.LocalSelfAttention.
+    num_heads, radius, causal, attention, head_dropout: see attention.LocalSelfAttention.
     dropout: dropout on the attention branch output.
     dtype: compute dtype.
   """
   ffn_factory: Callable[..., nn.Module]
   num_heads: int = 4
-  window: int = 20
+  radius: int = 20
   causal: bool = False
   attention: str = "local"
   dropout: float = 0.1
@@ -88,7 +88,7 @@ class Block(nn.Module):
   def __call__(self, x, *, train: bool):
     """Returns (x [B, T, d], extras dict from the feed-forward layer)."""
     ln = lambda name: nn.LayerNorm(dtype=self.dtype, param_dtype=jnp.float32, name=name)
-    h = attention_lib.LocalSelfAttention(num_heads=self.num_heads, window=self.window,
+    h = attention_lib.LocalSelfAttention(num_heads=self.num_heads, radius=self.radius,
                            causal=self.causal, head_dropout=self.head_dropout,
                            attention=self.attention, dtype=self.dtype,
                            name="attn")(ln("ln_attn")(x), train=train)
@@ -105,7 +105,7 @@ class Transformer(nn.Module):
     num_heads: attention heads (head_dim = d_model // num_heads).
     num_layers: encoder blocks.
     mlp_dim: hidden width of the feed-forward layers.
-    window: attention half-width w (|i - j| <= w).
+    attention_radius: attention half-width w (|i - j| <= w).
     causal: attend only to the past.
     attention: "local" (blockwise band, O(T·w)) or "dense" (full T×T, for comparison).
     positions: "learned" (nn.Embed over max_len) or "sinusoidal".
@@ -120,7 +120,7 @@ class Transformer(nn.Module):
   num_heads: int = 4
   num_layers: int = 4
   mlp_dim: int = 512
-  window: int = 20
+  attention_radius: int = 20
   causal: bool = False
   attention: str = "local"
   positions: str = "learned"
@@ -165,7 +165,7 @@ class Transformer(nn.Module):
     extras = []
     for i in range(self.num_layers):
       h, e = Block(ffn_factory=self.ffn_factory(i), num_heads=self.num_heads,
-                   window=self.window, causal=self.causal, attention=self.attention,
+                   radius=self.attention_radius, causal=self.causal, attention=self.attention,
                    dropout=self.dropout, head_dropout=self.head_dropout,
                    dtype=self.dtype, name=f"block_{i}")(h, train=train)
       extras.append(e)
