@@ -20,33 +20,14 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
+from jaxquant import io_utils
+
 COLLAPSED_SCORE = -1.0  # Below any real F1, so a collapsed model is never "best".
 PREEMPTED_SCORE = -2.0  # A mid-epoch save (SIGTERM) has no validation: never "best".
 
 
-# Errors that mean "the disk (or a quota / file-size limit) is full".
-_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-_FULL_TEXTS = ("No space left on device", "Disk quota exceeded", "File too large")
-
-
 class DiskFull(OSError):
   """A checkpoint could not be written for lack of space; earlier ones are intact."""
-
-
-def is_disk_full(exc):
-  """Whether `exc` (or an exception it was raised from) is a full disk / quota / size limit.
-
-  Orbax writes through TensorStore, which reports OS errors as ValueErrors whose
-  text carries the strerror, so the text is checked too."""
-  seen = set()
-  while exc is not None and id(exc) not in seen:
-    seen.add(id(exc))
-    if isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS:
-      return True
-    if any(t in str(exc) for t in _FULL_TEXTS):
-      return True
-    exc = exc.__cause__ or exc.__context__
-  return False
 
 
 @contextlib.contextmanager
@@ -78,7 +59,7 @@ def _stderr_held_back(keep):
 def _full_reason(exc):
   """'No space left on device' (or the like) out of `exc`'s text, else its first line."""
   text = str(exc)
-  for t in _FULL_TEXTS:
+  for t in io_utils.FULL_TEXTS:
     if t in text:
       return t
   return exc.strerror if isinstance(exc, OSError) and exc.strerror else text.splitlines()[0][:160]
@@ -122,7 +103,7 @@ class CheckpointStore:
             metrics={"score": float(score)})
         self._manager.wait_until_finished()
       except Exception as e:
-        if not is_disk_full(e):
+        if not io_utils.is_disk_full(e):
           raise
         full.append(e)
         self._remove_unfinished(step)

@@ -13,10 +13,9 @@ import sys
 from absl import app
 from absl import flags
 from absl import logging
-import jax
 
-from jaxquant import compile_cache
 from jaxquant import host_memory
+from jaxquant import io_utils
 
 
 def one_line(message):
@@ -39,8 +38,11 @@ def fail(message, code=1):
   sys.exit(code)
 
 
-def parse_flags(argv):
-  """absl flag parsing that turns flag and config-override errors into one line."""
+def parse_flags(argv, code=1):
+  """absl flag parsing that turns flag and config-override errors into one line (exit
+  `code`). Dashed spellings of flag names are taken too (--time-format)."""
+  cut = argv.index("--") if "--" in argv else len(argv)
+  argv = [_underscored(a) for a in argv[:cut]] + argv[cut:]
   try:
     return flags.FLAGS(argv)
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
@@ -55,7 +57,15 @@ def parse_flags(argv):
       given = [a for a in argv[1:] if a.startswith("--config.") and key in a.split("=")[0]]
       where = given[0].split("=")[0] if given else "--config.*"
       msg = f"unknown config key {key!r} in {where}. {msg.split(chr(39) + ' ', 1)[-1]}"
-    sys.exit(f"error: bad flag: {msg}")
+    fail(f"bad flag: {msg}", code)
+
+
+def _underscored(arg):
+  """--time-format=x → --time_format=x (config overrides and values are left alone)."""
+  if not arg.startswith("--") or arg.startswith("--config"):
+    return arg
+  name, eq, value = arg[2:].partition("=")
+  return "--" + name.replace("-", "_") + eq + value
 
 
 def initialize_distributed(coordinator=None, num_processes=None, process_id=None):
@@ -65,6 +75,7 @@ def initialize_distributed(coordinator=None, num_processes=None, process_id=None
   JAXQUANT_NUM_PROCESSES / JAXQUANT_PROCESS_ID (set by launch.sh --nproc); SLURM
   (SLURM_NTASKS > 1: jax.distributed detects the cluster itself).
   """
+  import jax
   env = os.environ
   coordinator = coordinator or env.get("JAXQUANT_COORDINATOR")
   if coordinator:
@@ -94,6 +105,7 @@ def _quiet_library_shutdown_noise():
 def setup_process(distributed=True):
   """Once per process, before any JAX work: quiet logs, compile cache, allocator,
   file-size limits reported like a full disk, jax.distributed when launched so."""
+  from jaxquant import compile_cache  # JAX loads here, not for the tools that need none.
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
   # A file-size limit (ulimit -f) then fails the write with EFBIG, reported like a
   # full disk, instead of killing the process mid-save.
@@ -112,21 +124,22 @@ def _guarded(main, argv):
   except ValueError as e:  # ConfigError, IngestError, ShardError, bad runs and data.
     fail(e)
   except OSError as e:
-    from jaxquant import checkpoints  # Orbax is slow to import: only when needed.
-    if not checkpoints.is_disk_full(e):
+    if not io_utils.is_disk_full(e):
       raise
     where = f" (writing {e.filename}; the file it replaces is intact)" if e.filename else ""
     fail(f"{e.strerror}{where}")
 
 
-def run(main, distributed=True, positional=False, flags_parser=parse_flags):
+def run(main, distributed=True, positional=False, flags_parser=None, flag_error_code=1):
   """app.run(main) with process setup, one-line flag errors and one-line failures.
 
   Args:
     distributed: start jax.distributed when launched as several processes.
     positional: main takes positional arguments (else they are an error).
-    flags_parser: argv → the arguments main gets (parse_flags, or a wrapper of it).
+    flags_parser: argv → the arguments main gets (default parse_flags).
+    flag_error_code: the exit code of a bad flag (the data tools use 2, bad input).
   """
+  flags_parser = flags_parser or (lambda argv: parse_flags(argv, flag_error_code))
   def wrapped(argv):
     setup_process(distributed)
     if len(argv) > 1 and not positional:

@@ -25,19 +25,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxquant import config_defaults
 from jaxquant.data import labels as labels_lib
 
 LOSS_NAMES = ("focal", "ce", "soft_f1", "dice", "composite")
 COMPOSITE_SCHEDULES = ("fixed", "progressive", "linear")
 NAMED_ALPHAS = ("inverse_frequency", "profit_loss", "none")
 
-# Defaults of config.loss (the same as configs/default.py); used only for a key that
-# an older or hand-built loss config lacks.
-LOSS_DEFAULTS = {
-    "name": "focal", "gamma": 2.0, "alpha": "inverse_frequency", "label_smoothing": 0.0,
-    "composite_schedule": "progressive", "composite_alpha": 0.5,
-    "composite_start": 0.3, "composite_end": 1.0,
-}
+# config.loss's defaults (their owner is config_defaults); used only for a key that an
+# older or hand-built loss config lacks.
+LOSS_DEFAULTS = config_defaults.get_config().loss.to_dict()
 
 # Added to the soft-F1 denominator so an empty batch gives F1 = 0, not 0/0.
 F1_EPS = 1e-7

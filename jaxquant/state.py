@@ -104,8 +104,8 @@ def create_train_state(model, tx, num_features, window, seed, abstract=False):
   init = init_fn(model, tx, num_features, window)
   if abstract:
     return jax.eval_shape(init, jax.random.key(seed))
-  # Run once, so compile it without optimisation: XLA:CPU spends tens of seconds
-  # optimising the random initialisers of a ResNet, 4x the unoptimised run.
+  # Run once, so compile it without optimisation: XLA:CPU spends far longer
+  # optimising the random initialisers of a ResNet than running them unoptimised.
   return jax.jit(init, compiler_options={"xla_backend_optimization_level": 0})(
       jax.random.key(seed))
 

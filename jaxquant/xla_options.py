@@ -2,9 +2,10 @@
 
 XLA:CPU hands dots *and* elementwise/reduction fusions to YNNPACK by default.
 On the quick models (2-core CPU, jax 0.10.2) the latter made the Transformer's
-train step ~1.9x and the MoE's ~1.15x slower (attention softmax, LayerNorm and
-their backward reductions) and did not help GRU/LSTM/ResNet; YNNPACK for dots
-only is as fast or faster for every model. Other backends: no options.
+and the MoE's train steps slower (attention softmax, LayerNorm and their
+backward reductions) and did not help GRU/LSTM/ResNet; YNNPACK for dots only is
+as fast or faster for every model (measured by hand when chosen; no benchmark
+keeps the figures). Other backends: no options.
 """
 
 import functools

@@ -14,8 +14,11 @@ import pytest
 import zstandard
 from hypothesis import given, settings, strategies as st
 
-from jaxquant.data import ingest as I
-from jaxquant.data.ingest import IngestError, SampleShardReader, ingest, read_csv_bars
+from jaxquant.data import bar_times, samples
+from jaxquant.data.bar_checks import IngestError
+from jaxquant.data.csv_bars import read_csv_bars
+from jaxquant.data.ingest import ingest
+from jaxquant.data.samples import SampleShardReader
 from jaxquant.data.shards import ShardError, ShardReader, load_dir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -281,6 +284,35 @@ def test_line_numbers_with_quotes_and_blank_lines(tmp_path):
         assert str(e.value) == f"{p}:4: non-numeric value 'x' in column 'Close'"
 
 
+def test_line_numbers_crlf_blank_rows_and_line_breaks_in_values(tmp_path):
+    rows = ["", "  ", "Time,Open,High,Low,Close", "",
+            "2017-01-02 09:00,1,2,0.5,1.5,",  # A trailing delimiter: kept.
+            " ,,", ",,,,", '"2017-01-02 09:01",1,2,0.5,"1.5\r\n"', "   ",
+            "2017-01-02 09:02,1,2", "2017-01-02 09:03,1,2,0.5,y"]
+    for eol in ("\n", "\r\n", "\r"):
+        p = tmp_path / "crlf.csv"
+        p.write_bytes(eol.join(rows).encode() + eol.encode())
+        with pytest.raises(IngestError) as e:
+            read_csv_bars(p)
+        assert str(e.value) == f"{p}:11: expected 5 fields, got 3"  # Line 10 ends in a value.
+        ((ts, bars, skipped),) = read_csv_bars(p, on_error="skip").values()
+        assert skipped == {"non_numeric": 1, "wrong_field_count": 1} and ts.size == 2
+        np.testing.assert_array_equal(bars[:, C], [1.5, 1.5])
+
+
+def test_numbers_read_as_python_float_reads_them(tmp_path):
+    p = _write(tmp_path / "n.csv", ["Time,Open,High,Low,Close,Volume",
+                                    "2017-01-02 09:00, 1 ,2,1_0,1e1,+.5",
+                                    "2017-01-02 09:01,1,2,1,1,nan(1)",
+                                    "2017-01-02 09:02,1,2,1,1,-Infinity",
+                                    "2017-01-02 09:03,1,2,1,1, N/A "])
+    with pytest.raises(IngestError, match=r"n\.csv:2: high 2 < low 1_0"):
+        read_csv_bars(p)
+    ((_, _, skipped),) = read_csv_bars(p, on_error="skip").values()
+    assert skipped == {"empty_field": 1, "inconsistent_ohlc": 1, "non_finite": 1,
+                       "non_numeric": 1}
+
+
 # --------------------------------------------------------------------------
 # Column and time-format variants
 # --------------------------------------------------------------------------
@@ -318,12 +350,12 @@ def test_epoch_integers(tmp_path, scale):
     np.testing.assert_array_equal(ts, [t * 10**9 for t in secs])
 
 
-def test_many_layouts_and_non_ascii_fall_back_to_regex():
+def test_many_layouts_and_non_ascii_digits():
     rng = np.random.default_rng(1)
     dts = [datetime(1990, 1, 1) + timedelta(minutes=int(m)) for m in rng.integers(0, 10**7, 500)]
     vals = [f"{d.month}/{d.day}/{d.year} {d.hour}:{d.minute:02d}" for d in dts]
     vals[7] = "1/2/2017 9:3０"  # full-width digit: not ASCII, not a time
-    ns, ok = I._parse_times(vals, I._BUILTINS[3])
+    ns, ok = bar_times.parse_times(vals, bar_times.BUILTINS[3])
     want = [(d - datetime(1970, 1, 1)) // timedelta(microseconds=1) * 1000 for d in dts]
     assert not ok[7] and ok.sum() == 499
     np.testing.assert_array_equal(ns[ok], np.array(want)[ok])
@@ -338,7 +370,7 @@ def test_yyyymmdd_is_a_date_not_epoch(tmp_path):
 
 def test_invalid_calendar_dates_rejected():
     vals = ["2017-02-29", "2016-02-29", "2017-13-01", "2017-04-31", "2017-01-01 24:00"]
-    ns, ok = I._parse_times(vals, I._BUILTINS[0])
+    ns, ok = bar_times.parse_times(vals, bar_times.BUILTINS[0])
     assert ok.tolist() == [False, True, False, False, False]
 
 
@@ -360,9 +392,9 @@ _FORMATTERS = [
        st.lists(st.datetimes(min_value=datetime(1900, 1, 1), max_value=datetime(2200, 12, 31)),
                 min_size=1, max_size=40))
 def test_time_parser_matches_datetime(k, dts):
-    """The vectorised template parser agrees with datetime on every layout."""
+    """The regex time parser (pyarrow.compute) agrees with datetime on every layout."""
     fmt_index, fmt, truncate = _FORMATTERS[k]
-    ns, ok = I._parse_times([fmt(d) for d in dts], I._BUILTINS[fmt_index])
+    ns, ok = bar_times.parse_times([fmt(d) for d in dts], bar_times.BUILTINS[fmt_index])
     assert ok.all()
     want = [(truncate(d) - datetime(1970, 1, 1)) // timedelta(microseconds=1) * 1000 for d in dts]
     np.testing.assert_array_equal(ns, want)
@@ -524,7 +556,7 @@ def test_sample_shard_chunks_and_corruption(tmp_path):
     x = rng.normal(size=(10, 4, 3)).astype(np.float64)
     y = rng.integers(0, 3, size=10)
     p = str(tmp_path / "s.jqx")
-    I.write_sample_shard(p, x, y, chunk_samples=3, meta={"k": 1})
+    samples.write_sample_shard(p, x, y, chunk_samples=3, meta={"k": 1})
     with SampleShardReader(p) as r:
         assert r.chunk_samples == 3 and r.meta == {"k": 1} and r.num_labels == 10
         idx = [9, 0, 4, 5, 3, 9]
@@ -533,7 +565,7 @@ def test_sample_shard_chunks_and_corruption(tmp_path):
         np.testing.assert_array_equal(ys, y[idx])
         with pytest.raises(IndexError):
             r.read(10)
-    I.write_sample_shard(tmp_path / "nolab.jqx", x)
+    samples.write_sample_shard(tmp_path / "nolab.jqx", x)
     with SampleShardReader(tmp_path / "nolab.jqx") as r:
         assert r.labels is None and r.read(2)[1] is None and r.read_batch([1, 2])[1] is None
 
@@ -600,9 +632,9 @@ def test_cli(tmp_path):
         assert p.returncode == cases[k][1], (k, p.returncode, err)
         if p.returncode:
             assert "Traceback" not in err and len(err.strip().splitlines()) == 1, (k, err)
-    assert res["bad"][2].strip() == f"{bad}:5: high 1.05 < low 1.05225"
+    assert res["bad"][2].strip() == f"error: {bad}:5: high 1.05 < low 1.05225"
     assert not (tmp_path / "bad").exists()
-    assert res["no_input"][2].strip() == f"{tmp_path / 'missing.csv'}: no such file or directory"
+    assert res["no_input"][2].strip() == f"error: {tmp_path / 'missing.csv'}: no such file or directory"
     assert "--out=DIR is required" in res["no_out"][2]
     out = res["ok"][1]
     assert "EURUSD: 300 rows, 2017-01-01 22:00:00 .. 2017-01-18 09:00:00 -> " \

@@ -24,11 +24,12 @@ CLI: python -m jaxquant.data.window_length DIR [--max-lag 1000] [--threshold 0.1
 prints one table per instrument of a shard directory.
 """
 
-import argparse
 import math
-import sys
 
+from absl import flags
 import numpy as np
+
+from jaxquant import cli
 
 # 97.5 % quantile of the standard normal: the two-sided 95 % band of a white-noise ACF.
 Z_95 = 1.959963984540054
@@ -145,24 +146,23 @@ def format_table(name, s):
   return "\n".join(lines)
 
 
-def main(argv=None):
+def _define_flags():
+  """Defined only when run as a script (no clashes with other modules' flags)."""
+  flags.DEFINE_integer("max_lag", 1000, "Largest lag examined.")
+  flags.DEFINE_float("threshold", 0.1, "|r| above which a lag counts for the threshold rule.")
+
+
+def main(argv):
+  """Prints one table per instrument of the shard directory argv[1]."""
   from jaxquant.data import shards  # Only the CLI reads shards.
 
-  p = argparse.ArgumentParser(prog="python -m jaxquant.data.window_length",
-                              description="Autocorrelation-based window length per instrument.")
-  p.add_argument("dir", help="shard directory (*.jqs)")
-  p.add_argument("--max-lag", type=int, default=1000)
-  p.add_argument("--threshold", type=float, default=0.1)
-  args = p.parse_args(argv)
-  try:
-    series = shards.load_dir(args.dir)
-  except shards.ShardError as e:
-    print(f"window_length: error: {e}", file=sys.stderr)
-    return 1
-  for name, _, bars in series:
-    print(format_table(name, suggest_window(bars[:, 3], args.max_lag, args.threshold)))
-  return 0
+  if len(argv) != 2:
+    cli.fail(f"expected one shard directory (*.jqs), got {argv[1:]}", code=2)
+  for name, _, bars in shards.load_dir(argv[1]):  # A ShardError exits 1 with its message.
+    print(format_table(name, suggest_window(bars[:, 3], flags.FLAGS.max_lag,
+                                            flags.FLAGS.threshold)))
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  _define_flags()
+  cli.run(main, distributed=False, positional=True, flag_error_code=2)

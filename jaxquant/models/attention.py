@@ -98,7 +98,7 @@ def local_attention(q, k, v, radius: int, *, causal: bool = False,
 
   # Example (T=10, w=3, b=4): nb=3, padded=12, pad=2. Positions 10, 11 are padding.
   # Heads-major blocks [B, H, nb, b, D]: the einsums below then have their batch
-  # dimensions (B, H, nb) leading, which XLA:CPU runs ~20-30% faster than the
+  # dimensions (B, H, nb) leading, which XLA:CPU runs faster than the
   # [B, nb, b, H, D] layout (no transposes inside every dot).
   def to_blocks(x):
     x = jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0)))

@@ -1,10 +1,10 @@
 """An LSTM layer with a hand-written backward pass (for XLA:CPU's while loops).
 
 `flax.linen.OptimizedLSTMCell` under `nn.RNN` leaves the backward to autodiff
-of `lax.scan`: XLA:CPU then runs ~20 small kernels per time step (each gate
+of `lax.scan`: XLA:CPU then runs many small kernels per time step (each gate
 recomputed in several fusions, three matmuls per backward step, a dozen stacked
-residuals) and at the original's shape (T=500, batch 4) the train step took
-2.5x PyTorch's fused oneDNN LSTM. Here:
+residuals), and at the original's shape (T=500, batch 4) the train step was far
+behind PyTorch's fused oneDNN LSTM (benchmarks/train_step.py compares them). Here:
 
 - each step is one matmul of [x_t, h, 1] with the stacked input, recurrent and
   bias rows, forward; one [B, 4H] x [4H, H] matmul for dh, backward;

@@ -7,11 +7,10 @@ from jaxquant.models import dropout as dropout_lib
 from jaxquant.models import heads as heads_lib
 from jaxquant.models import lstm as lstm_lib
 
-# Largest batch for which lstm_impl="auto" picks the hand-written LSTM. Train
-# step samples/s on a 2-core CPU, hand-written vs flax's scan: T=500, 2x128,
-# batch 4: 64 vs 24; batch 32: 64 vs 57; the quick shape (batch 128, T=64, 64
-# units): ~3,300 vs ~4,300. A small batch is latency-bound (fewer kernels per
-# step win); at a large one the scan's fused per-step weight gradients win.
+# Largest batch for which lstm_impl="auto" picks the hand-written LSTM (chosen by
+# hand-timing both on a 2-core CPU; no benchmark keeps the figures): a small batch
+# is latency-bound (fewer kernels per step win); at a large one the scan's fused
+# per-step weight gradients win.
 _FUSED_LSTM_MAX_BATCH = 32
 LSTM_IMPLS = ("auto", "fused", "scan")
 

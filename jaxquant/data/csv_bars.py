@@ -1,0 +1,317 @@
+"""Bar CSVs -> validated series: generic OHLCV files and TqSdk exports.
+
+`csv_table` reads the rows with pyarrow; here the columns are matched to bar
+fields by name, numbers are parsed with pyarrow.compute (Python's float()
+decides the few cells pyarrow's cast reads differently), times with
+`bar_times`, and every row goes through the rules of `bar_checks`.
+"""
+
+import dataclasses
+import math
+import os
+import re
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from jaxquant.data import bar_checks
+from jaxquant.data import bar_times
+from jaxquant.data import csv_table
+from jaxquant.data import samples
+
+# Spellings of "no value" that count as an empty field (TqSdk writes "#N/A").
+MISSING = ("", "#n/a", "n/a", "na", "null", "none")
+_MISSING = pa.array(MISSING)
+# Decimals and float()'s spellings of NaN and infinity, which pyarrow's cast
+# reads exactly as float() does.
+_DECIMAL = r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$"
+_NONFINITE = pa.array([sign + word for sign in ("", "+", "-")
+                       for word in ("nan", "inf", "infinity")])
+
+_FIELD_ALIASES = {
+    "open": ("open",),
+    "high": ("high",),
+    "low": ("low",),
+    "close": ("close",),
+    "volume": ("volume", "vol"),
+    "open_interest": ("openinterest", "oi", "closeoi"),
+}
+# Single time columns, in order of preference (normalised names).
+_TIME_ALIASES = ("datetime", "timestamp", "time", "date", "gmttime", "localtime")
+_TIME_HELP = "time, datetime, date, timestamp, gmt time, local time, or date + time"
+
+
+@dataclasses.dataclass
+class Series:
+  """One instrument read from one file."""
+  instrument: str
+  timestamps: np.ndarray
+  bars: np.ndarray
+  skipped: dict
+  notes: list
+  source: str  # The path as given (for messages).
+  source_name: str  # Base name (stored; paths are not reproducible).
+  sha256: str
+  kind: str  # "csv" or "tqsdk".
+  extra_meta: dict
+
+
+def check_on_error(on_error):
+  if on_error not in ("stop", "skip"):
+    raise bar_checks.IngestError(f"--on-error={on_error!r}: expected 'stop' or 'skip'")
+
+
+def _numbers(raw):
+  """Strings -> (float64 values, problem code per row: OK / EMPTY / NONNUM / NONFIN)."""
+  n = len(raw)
+  text = pc.utf8_trim_whitespace(raw)
+  code = np.zeros(n, dtype=np.int8)
+  unsure = np.zeros(n, dtype=bool)
+  try:
+    v = pc.cast(text, pa.float64()).to_numpy(zero_copy_only=False)
+  except pa.ArrowInvalid:
+    lower = pc.utf8_lower(text)
+    missing = pc.is_in(lower, value_set=_MISSING).to_numpy(zero_copy_only=False)
+    num = (pc.match_substring_regex(text, _DECIMAL).to_numpy(zero_copy_only=False)
+           | pc.is_in(lower, value_set=_NONFINITE).to_numpy(zero_copy_only=False))
+    v = np.full(n, np.nan)
+    v[num] = pc.cast(pc.filter(text, pa.array(num)), pa.float64()).to_numpy()
+    code[missing] = bar_checks.EMPTY
+    unsure = ~num & ~missing
+  nonfinite = ~np.isfinite(v) & ~unsure & (code == bar_checks.OK)
+  if nonfinite.any():  # pyarrow also reads "nan(1)", which float() refuses.
+    known = pc.is_in(pc.utf8_lower(text), value_set=_NONFINITE).to_numpy(zero_copy_only=False)
+    code[nonfinite & known] = bar_checks.NONFIN
+    unsure |= nonfinite & ~known
+  # float() decides the rest: "1_000", other digits, text.
+  todo = np.flatnonzero(unsure)
+  if todo.size and not v.flags.writeable:
+    v = v.copy()
+  for i in todo:
+    s = raw[int(i)].as_py()
+    try:
+      x = float(s)
+    except ValueError:
+      v[i] = np.nan
+      code[i] = bar_checks.EMPTY if s.strip().lower() in MISSING else bar_checks.NONNUM
+      continue
+    v[i] = x
+    code[i] = bar_checks.OK if math.isfinite(x) else bar_checks.NONFIN
+  return v, code
+
+
+def _field(header, j, columns):
+  v, code = _numbers(columns[j])
+  return bar_checks.Field(header[j], columns[j], v, code)
+
+
+def _norm(name):
+  """Header name for matching: lower case, letters and digits only."""
+  return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def _stem(path):
+  name = os.path.basename(path)
+  for suffix in (".csv.zst", ".zst", ".csv"):
+    if name.lower().endswith(suffix):
+      return name[:-len(suffix)]
+  return os.path.splitext(name)[0]
+
+
+def _missing_columns(path, missing, header):
+  found = ", ".join(repr(h) for h in header)
+  return bar_checks.IngestError(f"{path}:1: missing required column(s) {', '.join(missing)}; "
+                                f"found: {found}")
+
+
+def _bar_columns(path, header):
+  """Generic CSV: {bar column: index or None} and the time column(s)."""
+  norm = [_norm(h) for h in header]
+
+  def find(aliases):
+    hits = [j for j, n in enumerate(norm) if n in aliases]
+    if len(hits) > 1:
+      raise bar_checks.IngestError(f"{path}:1: ambiguous columns "
+                                   f"{', '.join(repr(header[j]) for j in hits)}")
+    return hits[0] if hits else None
+
+  cols = {k: find(a) for k, a in _FIELD_ALIASES.items()}
+  # Time: a combined column, else separate date + time, else any single alias.
+  tcols = None
+  for alias in ("datetime", "timestamp"):
+    if (j := find((alias,))) is not None:
+      tcols = (j,)
+      break
+  if tcols is None:
+    jd, jt = find(("date",)), find(("time",))
+    if jd is not None and jt is not None:
+      tcols = (jd, jt)
+    else:
+      for alias in _TIME_ALIASES:
+        if (j := find((alias,))) is not None:
+          tcols = (j,)
+          break
+  missing = [k for k in bar_checks.PRICE_FIELDS if cols[k] is None]
+  if tcols is None:
+    missing.insert(0, f"time ({_TIME_HELP})")
+  if missing:
+    raise _missing_columns(path, missing, header)
+  return cols, tcols
+
+
+def _read_generic(path, table, time_format, on_error):
+  """Generic OHLCV CSV -> one series named after the file stem."""
+  header, columns, lines, lens, wrong = table
+  cols, tcols = _bar_columns(path, header)
+  pre = np.where(wrong, bar_checks.FIELDS, bar_checks.OK).astype(np.int8)
+  tvals = pc.utf8_trim_whitespace(columns[tcols[0]])
+  if len(tcols) == 2:
+    tvals = pc.binary_join_element_wise(tvals, pc.utf8_trim_whitespace(columns[tcols[1]]), " ")
+  if time_format:
+    fmt = bar_times.user_time_format(time_format)
+  else:
+    fmt = bar_times.detect_time_format(tvals)
+    if fmt is None:
+      raise bar_checks.IngestError(f"{path}:{lines[0]}: unparsable time {tvals[0].as_py()!r}: "
+                                   "no known format matches the first rows (pass --time-format)")
+  ts, tok = bar_times.parse_times(tvals, fmt)
+  pre[(pre == bar_checks.OK) & ~tok] = bar_checks.TIME
+  fields = {k: _field(header, j, columns) for k, j in cols.items() if j is not None}
+  notes = []
+  if cols["volume"] is None:
+    notes.append("no volume column: volume set to 0")
+  if cols["open_interest"] is None:
+    notes.append("no open interest column: open_interest set to 0")
+
+  chk = bar_checks.Checker(
+      path, lines, len(header), lens,
+      lambda i: f"unparsable time {tvals[int(i)].as_py()!r} (expected {fmt.name})")
+  code, first = chk.run(pre, ts, fields)
+  if first is not None and on_error == "stop":
+    raise bar_checks.IngestError(chk.message(first))
+  keep = code == bar_checks.OK
+  return [Series(_stem(path), ts[keep], bar_checks.bars_from(fields, keep),
+                 bar_checks.counts(code), notes, path, os.path.basename(path), "", "csv",
+                 {"time_format": fmt.name})]
+
+
+def _read_tqsdk(path, table, on_error):
+  """TqSdk DataDownloader export: one series per `<SYMBOL>.<field>` group."""
+  header, columns, lines, lens, wrong = table
+  want = {"open": "open", "high": "high", "low": "low", "close": "close",
+          "volume": "volume", "close_oi": "open_interest"}
+  symbols = {}
+  for j, h in enumerate(header):
+    if h in ("datetime", "datetime_nano") or "." not in h:
+      continue
+    sym, fld = h.rsplit(".", 1)
+    symbols.setdefault(sym, {})
+    if fld in want:
+      symbols[sym][want[fld]] = j
+  missing = []
+  if "datetime" not in header:
+    missing.append("datetime")
+  if not symbols:
+    missing.append("<SYMBOL>.open/high/low/close")
+  for sym, cols in symbols.items():
+    missing += [f"{sym}.{k}" for k in bar_checks.PRICE_FIELDS if k not in cols]
+  if missing:
+    raise _missing_columns(path, missing, header)
+
+  pre = np.where(wrong, bar_checks.FIELDS, bar_checks.OK).astype(np.int8)
+  nano_raw = pc.utf8_trim_whitespace(columns[header.index("datetime_nano")])
+  dt_raw = pc.utf8_trim_whitespace(columns[header.index("datetime")])
+  nano, nok = bar_times.parse_times(nano_raw, bar_times.EPOCH_NS)
+  local, lok = bar_times.parse_times(dt_raw, bar_times.ISO)
+  pre[(pre == bar_checks.OK) & ~(nok & lok)] = bar_checks.TIME
+  # datetime_nano is UTC; the datetime string is exchange local time (Beijing
+  # for TqSdk). Shards hold naive local time, so shift datetime_nano by the
+  # file's offset (the most common local - nano, in whole minutes).
+  both = pre == bar_checks.OK
+  offset = 0
+  if both.any():
+    mins = np.round((local[both] - nano[both]) / 60e9).astype(np.int64)
+    vals, cnt = np.unique(mins, return_counts=True)
+    offset = int(vals[np.argmax(cnt)]) * 60 * 10**9
+  # The string may be truncated to microseconds: allow < 1 us of disagreement.
+  pre[(pre == bar_checks.OK) & (np.abs(local - nano - offset) >= 1000)] = bar_checks.MISMATCH
+  ts = nano + offset
+  sign = "+" if offset >= 0 else "-"
+  off_min = abs(offset) // (60 * 10**9)
+  off_desc = f"{sign}{off_min // 60:02d}:{off_min % 60:02d}"
+
+  def time_text(i):
+    return (f"unparsable time: datetime {dt_raw[int(i)].as_py()!r} (expected "
+            f"YYYY-MM-DD HH:MM:SS[.f]), datetime_nano {nano_raw[int(i)].as_py()!r} "
+            "(expected an integer)")
+
+  def mismatch_text(i):
+    return (f"datetime {dt_raw[int(i)].as_py()!r} does not match datetime_nano "
+            f"{nano_raw[int(i)].as_py()!r} shifted by the file's UTC offset {off_desc}")
+
+  out, first_err = [], None
+  for sym, cols in symbols.items():
+    fields = {k: _field(header, j, columns) for k, j in cols.items()}
+    # Symbols aligned to the first one have no bar where they don't trade:
+    # every price missing (TqSdk writes "#N/A" or "nan").
+    no_data = np.ones(len(lines), dtype=bool)
+    for k in bar_checks.PRICE_FIELDS:
+      f = fields[k]
+      no_data &= (f.code == bar_checks.EMPTY) | ((f.code == bar_checks.NONFIN)
+                                                 & np.isnan(f.values))
+    chk = bar_checks.Checker(path, lines, len(header), lens, time_text, mismatch_text)
+    code, first = chk.run(pre, ts, fields, prefix=f"{sym}: ", no_data=no_data)
+    if first is not None and (first_err is None or first < first_err[0]):
+      first_err = (first, chk)
+    notes = []
+    if "volume" not in cols:
+      notes.append("no volume column: volume set to 0")
+    if "open_interest" not in cols:
+      notes.append("no close_oi column: open_interest set to 0")
+    keep = code == bar_checks.OK
+    out.append(Series(sym, ts[keep], bar_checks.bars_from(fields, keep),
+                      bar_checks.counts(code), notes, path, os.path.basename(path), "",
+                      "tqsdk", {"time_format": "datetime_nano", "utc_offset": off_desc}))
+  if first_err is not None and on_error == "stop":
+    raise bar_checks.IngestError(first_err[1].message(first_err[0]))
+  return out
+
+
+def read_csv_bytes(path, data, time_format, on_error):
+  """The series of one CSV's bytes (sha256 left empty for the caller)."""
+  table = csv_table.read_table(path, data)
+  if "datetime_nano" in table[0]:
+    return _read_tqsdk(path, table, on_error)
+  return _read_generic(path, table, time_format, on_error)
+
+
+def read_csv_bars(path, time_format=None, on_error="stop"):
+  """Reads and validates one bar CSV (generic OHLCV or TqSdk export).
+
+  Args:
+    path: a `.csv` file (or a zstd-compressed `.csv.zst`).
+    time_format: strptime format of the time column (also `epoch_s`,
+      `epoch_ms`, `epoch_us`, `epoch_ns`); None auto-detects it from the
+      first rows among `bar_times.TIME_FORMATS`. Ignored for TqSdk files.
+    on_error: "stop" raises on the first bad row; "skip" drops bad rows and
+      counts them.
+
+  Returns:
+    {instrument: (timestamps[int64 ns, naive local time], bars[n, 6] in
+    BAR_COLUMNS order, skipped_counts{reason: rows})}. A generic CSV gives
+    one entry named after the file stem; a TqSdk file one per symbol.
+
+  Raises:
+    IngestError: `<file>:<line>: <reason>` for the first problem (stop mode)
+      or for a file-level problem (missing column, no rows, ...).
+  """
+  check_on_error(on_error)
+  path = os.fspath(path)
+  data = samples.read_file(path)
+  if path.lower().endswith(".zst"):
+    data = samples.zstd_decompress(path, data)
+    if samples.npy_kind(data):
+      raise bar_checks.IngestError(f"{path}: is a NumPy sample file, not a CSV")
+  return {s.instrument: (s.timestamps, s.bars, s.skipped)
+          for s in read_csv_bytes(path, data, time_format, on_error)}
