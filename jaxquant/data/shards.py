@@ -52,9 +52,7 @@ def _chunk_desc(index, row0, rows):
   return f"chunk {index} (rows {row0}-{row0 + rows - 1})"
 
 
-# --------------------------------------------------------------------------
-# Writing
-# --------------------------------------------------------------------------
+# -------------------- Writing
 
 
 def _validate_inputs(path, instrument, timestamps, bars, chunk_rows):
@@ -168,9 +166,7 @@ def write_shard(path, instrument, timestamps, bars, *, chunk_rows=DEFAULT_CHUNK_
   io_utils.atomic_write_bytes(path, b"".join(out + blobs))
 
 
-# --------------------------------------------------------------------------
-# Reading
-# --------------------------------------------------------------------------
+# -------------------- Reading
 
 
 class CheckedFileReader:
@@ -391,9 +387,7 @@ class ShardReader(CheckedFileReader):
             f"num_rows={getattr(self, 'num_rows', None)})")
 
 
-# --------------------------------------------------------------------------
-# Directories
-# --------------------------------------------------------------------------
+# -------------------- Directories
 
 
 def list_shards(directory):
