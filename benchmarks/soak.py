@@ -9,8 +9,13 @@ command and interrupts it 1-3 times — SIGTERM, SIGINT or SIGKILL at a random t
 after training starts, or SIGKILL the moment a checkpoint directory is being
 written ("KILL@save") — re-running the same command after each interruption, and
 finally lets it finish. A trial counts as identical when every epoch's metrics
-(train/val loss, val F1, AUC, threshold, step) and the test report match the
-reference exactly; a run that does not end within its timeout counts as a hang.
+(train/val loss, val F1, AUC, threshold, step), the test report and the final
+checkpoint's state (parameters, optimizer state, step: every array bitwise) match
+the reference exactly; a run that does not end within its timeout counts as a hang.
+Only trials that were really interrupted count: a signal that arrives after the
+run has finished (exit 0 without "saved a checkpoint"), or a KILL@save that finds
+no save to kill, interrupts nothing; a trial with no real interruption is listed
+as "not interrupted" and left out of the identical count.
 
 Part 2, corrupt inputs. Copies of the run's shard directory get one random
 corruption in one shard: 1-8 random bit flips, a truncation at a random length,
@@ -25,10 +30,12 @@ also go through the command line (`python -m jaxquant.main`), which must exit
 non-zero with one `error:` line and no traceback.
 
 The table goes to stdout and, with --out (default docs/robustness.md), into that
-file's "## Soak" section. Last line: `identical=<a>/<b> clear_errors=<c>/<d> hangs=<e>`.
+file's "## Soak" section. Last line: `identical=<a>/<b> clear_errors=<c>/<d> hangs=<e>`
+(b: every trial but the "not interrupted" ones).
 """
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -60,14 +67,42 @@ def run_command(workdir, data_dir, *extra):
           f"--workdir={workdir}", f"--config.data.dir={data_dir}", *TINY, *extra]
 
 
+def final_state(workdir):
+  """{leaf path: (dtype, shape, sha256 of its bytes)} of the state in the run's latest
+  checkpoint (parameters, optimizer moments and count, step): equal dicts are equal
+  arrays, bit for bit. Restored as saved (no target tree), so no model is built."""
+  import jax
+  from jaxquant import checkpoints as checkpoints_lib
+  store = checkpoints_lib.CheckpointStore(os.path.join(workdir, "checkpoints"))
+  try:
+    state, _ = store.restore(store.latest_step(), None)
+  finally:
+    store.close()
+  out = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+    a = np.ascontiguousarray(np.asarray(leaf))
+    out[jax.tree_util.keystr(path)] = (str(a.dtype), a.shape,
+                                       hashlib.sha256(a.tobytes()).hexdigest())
+  return out
+
+
 def results(workdir):
-  """(per-epoch metrics, test metrics) of a finished run: what must match exactly."""
+  """(per-epoch metrics, test metrics, final state) of a finished run: what must match
+  exactly (the state bitwise, see `final_state`)."""
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     rows = [json.loads(line) for line in f]
   with open(os.path.join(workdir, "report.json")) as f:
     test = json.load(f)["test"]
   return ([{k: r[k] for k in KEYS} for r in rows],
-          {k: test[k] for k in ("roc_auc", "pr_auc", "f1", "confusion")})
+          {k: test[k] for k in ("roc_auc", "pr_auc", "f1", "confusion")},
+          final_state(workdir))
+
+
+def interrupted(code, out):
+  """Whether a run that `_interrupt` returned (exit code, output) was interrupted: killed
+  (a non-zero code) or saved and exited on SIGTERM/SIGINT. Exit 0 without a save means
+  the run had finished before the signal (or KILL@save found no save to kill)."""
+  return code != 0 or "saved a checkpoint" in out
 
 
 def _finish(cmd, timeout):
@@ -129,20 +164,25 @@ def kill_trials(n, root, rng, timeout=300, log=print):
     cmd = run_command(workdir, data)
     plan = [rng.choice(["SIGTERM", "SIGINT", "SIGKILL", "KILL@save"])
             for _ in range(rng.randint(1, 3))]
-    events, outcome = [], None
+    events, outcome, hits = [], None, 0
     try:
       for mode in plan:
         delay = rng.uniform(0.0, 0.8 * ref_seconds)
-        code, _ = _interrupt(cmd, mode, delay, timeout)
+        code, out = _interrupt(cmd, mode, delay, timeout)
+        hit = interrupted(code, out)
+        hits += hit
         events.append(f"{mode}" + ("" if mode == "KILL@save" else f"@{delay:.1f}s")
-                      + f"→{code}")
+                      + f"→{code}" + ("" if hit else " (had finished)"))
       _finish(cmd, timeout)
       outcome = "identical" if results(workdir) == expected else "DIFFERENT"
+      if outcome == "identical" and not hits:
+        outcome = "not interrupted"
     except subprocess.TimeoutExpired:
       outcome = "HANG"
     except Exception as e:  # Reported in the table, not raised: a soak counts failures.
       outcome = f"FAILED: {str(e)[:200]}"
-    rows.append({"trial": trial, "interruptions": ", ".join(events), "outcome": outcome})
+    rows.append({"trial": trial, "interruptions": ", ".join(events), "outcome": outcome,
+                 "interrupted": hits})
     log(f"kill trial {trial}: {rows[-1]['interruptions']} → {outcome}")
     shutil.rmtree(workdir, ignore_errors=True)
   return rows, ref_seconds
@@ -273,13 +313,19 @@ def to_markdown(kills, ref_seconds, corruptions, command, seconds, load):
            f"{os.cpu_count()} cores, load average {load[0]:.1f} at the start, "
            f"{load[1]:.1f} at the end.", ""]
   if kills:
-    same = sum(r["outcome"] == "identical" for r in kills)
+    hit = [r for r in kills if r["outcome"] != "not interrupted"]
+    same = sum(r["outcome"] == "identical" for r in hit)
     hangs = sum(r["outcome"] == "HANG" for r in kills)
     lines += [f"### Kill and resume ({len(kills)} trials; the uninterrupted run takes "
               f"{ref_seconds:.0f} s)", "",
-              f"**{same}/{len(kills)} finished identical to the uninterrupted run; "
-              f"{hangs} hung.** Exit codes after the arrow (0 = saved and exited cleanly, "
-              "-9 = SIGKILL).", "", "| trial | interruptions | outcome |", "|---:|---|---|"]
+              f"**{same}/{len(hit)} interrupted trials finished identical to the "
+              "uninterrupted run (every epoch's metrics, the test report, and the final "
+              f"parameters and optimizer state bit for bit); {hangs} hung; "
+              f"{len(kills) - len(hit)} not interrupted (every signal came after the run "
+              "had finished), not counted.** Exit codes after the arrow: 0 = saved and "
+              "exited cleanly (\"(had finished)\": the run was over, nothing interrupted), "
+              "-9 = SIGKILL, -15 or -2 = SIGTERM or SIGINT outside the training loop.", "",
+              "| trial | interruptions | outcome |", "|---:|---|---|"]
     lines += [f"| {r['trial']} | {r['interruptions']} | {r['outcome']} |" for r in kills]
     lines.append("")
   if corruptions:
@@ -331,10 +377,11 @@ def main():
   if args.out:
     from jaxquant import io_utils
     io_utils.replace_markdown_section(args.out, "## Soak", md, title="Robustness")
-  same = sum(r["outcome"] == "identical" for r in kills)
+  hit = [r for r in kills if r["outcome"] != "not interrupted"]
+  same = sum(r["outcome"] == "identical" for r in hit)
   clear = sum(r["outcome"].startswith("clear") for r in corruptions)
   hangs = sum(r["outcome"] == "HANG" for r in kills + corruptions)
-  print(f"identical={same}/{len(kills)} clear_errors={clear}/{len(corruptions)} hangs={hangs}")
+  print(f"identical={same}/{len(hit)} clear_errors={clear}/{len(corruptions)} hangs={hangs}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ import numpy as np
 
 from jaxquant import metrics as metrics_lib
 
-BOOTSTRAP_METRICS = ("roc_auc", "pr_auc", "precision", "recall", "f1")
+BOOTSTRAP_METRICS = ("roc_auc", "pr_auc", "precision", "recall", "f1", "mcc")
+IC_METRICS = ("ic", "rank_ic")  # Of the return head: Pearson and Spearman correlation.
 
 
 class BootstrapCI(collections.namedtuple("BootstrapCI", ["estimate", "lo", "hi"])):
@@ -78,17 +79,28 @@ def _percentile_ci(estimate, column, level):
   return BootstrapCI(float(estimate), float(lo), float(hi), int(ok.sum()), int((~ok).sum()))
 
 
+def _interval_table(names, full, boot, block, n_boot, level):
+  """``{name: {"estimate", "lo", "hi", "skipped", "block", "n_boot", "level"}}``."""
+  out = {}
+  for j, name in enumerate(names):
+    ci = _percentile_ci(full[j], boot[:, j], level)
+    out[name] = {"estimate": ci.estimate, "lo": ci.lo, "hi": ci.hi, "skipped": ci.skipped,
+                 "block": block, "n_boot": n_boot, "level": level}
+  return out
+
+
 def _fixed_threshold_stats(y, s, threshold):
-  """Precision, recall, F1 at ``threshold``; nan (not 0) when undefined.
+  """Precision, recall, F1, MCC at ``threshold``; nan (not 0) when undefined.
 
   nan lets the bootstrap skip a resample that drew no signal or no positive,
   instead of counting a 0 that would drag the interval down.
   """
-  (_, fp), (fn, tp) = metrics_lib.confusion(y, s >= threshold).tolist()
+  cm = metrics_lib.confusion(y, s >= threshold)
+  (_, fp), (fn, tp) = cm.tolist()
   precision = tp / (tp + fp) if tp + fp else math.nan
   recall = tp / (tp + fn) if tp + fn else math.nan
   f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else math.nan
-  return precision, recall, f1
+  return precision, recall, f1, metrics_lib.mcc(cm, undefined=math.nan)
 
 
 def bootstrap_metrics(labels, scores, threshold, block=None, n_boot=500, seed=0, level=0.95):
@@ -96,7 +108,7 @@ def bootstrap_metrics(labels, scores, threshold, block=None, n_boot=500, seed=0,
 
   Windows must be in time order. Pass ``block = window + horizon`` so a block
   spans every window that shares bars with its first one. Each resample's
-  indices are drawn once and serve all five metrics; a resample on which a
+  indices are drawn once and serve all six metrics; a resample on which a
   metric is nan (e.g. no positive drawn) is skipped for that metric.
 
   Args:
@@ -111,11 +123,11 @@ def bootstrap_metrics(labels, scores, threshold, block=None, n_boot=500, seed=0,
 
   Returns:
     ``{metric: {"estimate", "lo", "hi", "skipped", "block", "n_boot", "level"}}``
-    for ``roc_auc, pr_auc, precision, recall, f1``: the metric on the full
+    for ``roc_auc, pr_auc, precision, recall, f1, mcc``: the metric on the full
     data, the percentile interval over the resamples where it is finite (lo/hi
     nan when every resample was skipped) and the number skipped. Precision/
-    recall/F1 are nan (and skipped) when their denominator is 0 -- unlike
-    ``metrics.binary_metrics``, which reports 0.0.
+    recall/F1/MCC are nan (and skipped) when their denominator is 0 -- unlike
+    ``metrics.summarize``, which reports 0.0.
   """
   y, s = metrics_lib.validate_binary(labels, scores)
   threshold = float(threshold)
@@ -126,9 +138,58 @@ def bootstrap_metrics(labels, scores, threshold, block=None, n_boot=500, seed=0,
             *_fixed_threshold_stats(yb, sb, threshold))
 
   full, boot = _bootstrap_table(y, s, stats, block, n_boot, seed)
-  out = {}
-  for j, name in enumerate(BOOTSTRAP_METRICS):
-    ci = _percentile_ci(full[j], boot[:, j], level)
-    out[name] = {"estimate": ci.estimate, "lo": ci.lo, "hi": ci.hi, "skipped": ci.skipped,
-                 "block": block, "n_boot": n_boot, "level": level}
-  return out
+  return _interval_table(BOOTSTRAP_METRICS, full, boot, block, n_boot, level)
+
+
+def _average_ranks(x):
+  """1-based ranks with ties given their mean rank (``scipy.stats.rankdata``)."""
+  order = np.argsort(x, kind="stable")
+  xs = x[order]
+  first = np.flatnonzero(np.concatenate(([True], xs[1:] != xs[:-1])))
+  counts = np.diff(np.concatenate((first, [x.size])))
+  ranks = np.empty(x.size)
+  ranks[order] = np.repeat(first + (counts + 1) / 2.0, counts)
+  return ranks
+
+
+def _pearson(a, b):
+  a, b = a - a.mean(), b - b.mean()
+  den = math.sqrt(float(np.dot(a, a)) * float(np.dot(b, b)))
+  return float(np.dot(a, b)) / den if den > 0 else math.nan
+
+
+def information_coefficients(predicted, realised):
+  """How well a predicted return orders and scales the realised one.
+
+  Args:
+    predicted: predicted returns, shape (n,).
+    realised: realised forward returns, shape (n,).
+
+  Returns:
+    ``(ic, rank_ic)``: the Pearson and the Spearman (rank, ties averaged)
+    correlation; nan when either side is constant or n < 2.
+  """
+  p = metrics_lib.as_scores(predicted, "predicted")
+  r = metrics_lib.as_scores(realised, "realised")
+  if p.shape != r.shape:
+    raise ValueError(f"predicted and realised must have the same length, got {p.size} and "
+                     f"{r.size}")
+  return _pearson(p, r), _pearson(_average_ranks(p), _average_ranks(r))
+
+
+def bootstrap_ic(predicted, realised, block=None, n_boot=500, seed=0, level=0.95):
+  """Block-bootstrap percentile intervals of :func:`information_coefficients`.
+
+  Windows must be in time order; pass ``block = window + horizon`` as for
+  :func:`bootstrap_metrics` (neighbouring windows share their forward returns).
+
+  Returns:
+    ``{"ic": {...}, "rank_ic": {...}}``, each with ``estimate, lo, hi, skipped,
+    block, n_boot, level`` (a resample with a constant side is skipped).
+  """
+  p = metrics_lib.as_scores(predicted, "predicted")
+  r = metrics_lib.as_scores(realised, "realised")
+  information_coefficients(p, r)  # Checks the lengths.
+  block, n_boot, level = _check_bootstrap_args(p.size, block, n_boot, level)
+  full, boot = _bootstrap_table(p, r, information_coefficients, block, n_boot, seed)
+  return _interval_table(IC_METRICS, full, boot, block, n_boot, level)

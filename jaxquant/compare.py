@@ -12,7 +12,6 @@ re-evaluated, not retrained, and an interrupted one continues where it stopped.
 """
 
 import json
-import math
 import os
 import time
 
@@ -32,13 +31,6 @@ flags.DEFINE_multi_string("set", [], "Override for every config: key=value, e.g.
                           "data.synth.signal=0 (repeatable).")
 
 METRICS = ("roc_auc", "pr_auc", "mcc", "f1", "precision", "recall")
-
-
-def mcc(confusion):
-  """Matthews correlation coefficient from [[tn, fp], [fn, tp]] (0 when undefined)."""
-  (tn, fp), (fn, tp) = np.asarray(confusion, np.float64)
-  den = math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
-  return float((tp * tn - fp * fn) / den) if den else 0.0
 
 
 def load_config_file(spec):
@@ -67,7 +59,7 @@ def summarize_run(summary, seconds):
   for split in ("val", "test"):
     r = summary[split]
     for m in METRICS:
-      row[f"{split}_{m}"] = mcc(r["confusion"]) if m == "mcc" else r[m]
+      row[f"{split}_{m}"] = r[m]  # MCC too: metrics.summarize puts it in every report.
     row[f"{split}_prior"] = r["prior"]
   ci = summary["test"].get("bootstrap", {}).get("roc_auc")
   row["test_roc_auc_ci"] = [ci["lo"], ci["hi"]] if ci else None

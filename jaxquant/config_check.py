@@ -1,10 +1,12 @@
 """Checks a config before any work starts; every message names the offending key."""
 
+import difflib
 import sys
 
 import ml_collections
 import numpy as np
 
+from jaxquant import config_defaults
 from jaxquant import losses
 from jaxquant import models
 from jaxquant.data import dataset
@@ -67,11 +69,34 @@ def _require(ok, key, value, why):
     raise ConfigError(f"config.{key}={value!r} is invalid: {why}")
 
 
+def _paths(node, prefix=""):
+  """Dotted paths of every key under `node`, sections included."""
+  for key in node.keys():
+    yield prefix + key
+    if isinstance(node[key], ml_collections.ConfigDict):
+      yield from _paths(node[key], f"{prefix}{key}.")
+
+
+def _check_known_keys(config):
+  """A key the defaults lack is a typo in a config file (command-line overrides are caught
+  by set_value); the model section's keys are the model's fields, checked by build_model."""
+  defaults = config_defaults.get_config()
+  known = [p for p in _paths(defaults) if not p.startswith("model.")]
+  for path in _paths(config):
+    if path in known or path.startswith("model."):
+      continue
+    close = difflib.get_close_matches(path, known, n=1)
+    hint = f"did you mean {close[0]}?" if close else "see jaxquant/config_defaults.py"
+    raise ConfigError(f"config.{path} is not a setting ({hint}): fix or remove it in the "
+                      "config file")
+
+
 def validate(config):
-  """Raises ConfigError for a missing section or an impossible value."""
+  """Raises ConfigError for a missing section, an unknown key or an impossible value."""
   for section in ("data", "model", "loss", "train", "eval"):
     if section not in config:
       raise ConfigError(f"config has no section {section!r}")
+  _check_known_keys(config)
   d, t, e = config.data, config.train, config.eval
   _require(d.source in ("synthetic", "shards"), "data.source", d.source,
            "use 'synthetic' or 'shards'")
@@ -112,7 +137,8 @@ def validate(config):
     _require(config.model.lstm_impl in rnn.LSTM_IMPLS, "model.lstm_impl",
              config.model.lstm_impl, f"use one of {rnn.LSTM_IMPLS}")
   try:
-    losses.validate_loss_config(config.loss, 2)
+    # Per-class settings (explicit alpha weights) take the label kind's class count.
+    losses.validate_loss_config(config.loss, labels.class_count(dataset.label_config(d)))
   except ValueError as e:
     raise ConfigError(str(e)) from None
   _require(t.mixup_alpha > 0, "train.mixup_alpha", t.mixup_alpha, "must be > 0")
@@ -138,4 +164,6 @@ def validate(config):
   _require(e.batch_size >= 1, "eval.batch_size", e.batch_size, "must be >= 1")
   _require(0 <= e.min_positive_rate < 0.5, "eval.min_positive_rate", e.min_positive_rate,
            "must be in [0, 0.5)")
+  _require(e.min_positive_rate < e.max_positive_rate <= 1, "eval.max_positive_rate",
+           e.max_positive_rate, "must be in (eval.min_positive_rate, 1]; 1 = no ceiling")
   _require(e.keep_best >= 1, "eval.keep_best", e.keep_best, "must be >= 1")

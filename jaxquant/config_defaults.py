@@ -81,6 +81,7 @@ def get_config(arg=None):
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 1024  # Any size gives the same numbers (padded, masked).
   c.eval.min_positive_rate = 0.001  # Below this predicted-positive share a model counts as collapsed.
+  c.eval.max_positive_rate = 0.9  # ...and above this one (signals on ~every window ≈ "always up").
   c.eval.keep_best = 2  # Best-F1 checkpoints kept (the latest is always kept too).
   c.eval.collapse_patience = 3  # Consecutive collapsed epochs before the run stops.
   c.eval.tensorboard = True  # Scalars per step and per epoch in <workdir>/tb/.

@@ -7,6 +7,7 @@ device count: the mesh comes from the machine that evaluates.
 
 import io
 import json
+import math
 import os
 
 import jax
@@ -81,7 +82,7 @@ def restore(workdir, config, step=None):
     num_features = len(meta["normalizer"]["mean"])
     abstract = state_lib.create_train_state(model, tx, num_features, config.data.window,
                                             config.train.seed, abstract=True)
-    steps = steps_lib.ShardedSteps(model, parallel.make_mesh(config.mesh), abstract)
+    steps = steps_lib.ShardedSteps(model, parallel.restore_mesh(config.mesh), abstract)
     abstract = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
                             abstract, steps.state_sharding)
     state, meta = store.restore(step, abstract)
@@ -93,7 +94,8 @@ def restore(workdir, config, step=None):
 def _split_results(labels, probs, fwd, threshold, config, block):
   """The split's verdict at the validation threshold, the trading sweep and the
   bootstrap intervals."""
-  r = verdict.split_verdict(labels, probs, threshold, config.eval.min_positive_rate)
+  r = verdict.split_verdict(labels, probs, threshold, config.eval.min_positive_rate,
+                            config.eval.max_positive_rate)
   binary, scores = verdict.signal_view(labels, probs)
   r["sweep"] = trading.trading_sweep(binary, scores, fwd)
   r["at_threshold"] = trading.trading_sweep(binary, scores, fwd, [threshold])[0]
@@ -102,6 +104,38 @@ def _split_results(labels, probs, fwd, threshold, config, block):
                                                  n_boot=config.eval.bootstrap,
                                                  seed=config.train.seed)
   return r
+
+
+def _return_scale(config, meta):
+  """The factor from the return head's output to return units (the training split's
+  std of forward returns, saved with the checkpoint); None when there is no trained
+  return head (loss.return_weight = 0) or the checkpoint predates the saved scale."""
+  if not config.loss.return_weight > 0:
+    return None
+  if meta.get("return_scale") is None:
+    print("WARNING: the checkpoint has no return_scale: return head not reported", flush=True)
+    return None
+  return float(meta["return_scale"])
+
+
+def _in_return_units(rets, scale):
+  """The return head's output (trained on return / return_scale) in return units."""
+  return np.asarray(rets, np.float64) * scale
+
+
+def _return_head(predicted, realised, config, block):
+  """Information coefficients of the return head on one split, with block-bootstrap
+  intervals (nan bounds with eval.bootstrap = 0)."""
+  ok = np.isfinite(realised)  # Windows whose future is known.
+  predicted, realised = predicted[ok], np.asarray(realised, np.float64)[ok]
+  if config.eval.bootstrap > 0:
+    out = bootstrap.bootstrap_ic(predicted, realised, block=block, n_boot=config.eval.bootstrap,
+                                 seed=config.train.seed)
+  else:
+    ic = bootstrap.information_coefficients(predicted, realised)
+    out = {name: {"estimate": v, "lo": math.nan, "hi": math.nan}
+           for name, v in zip(bootstrap.IC_METRICS, ic)}
+  return {**out, "n": int(ok.sum())}
 
 
 def evaluate(workdir, config=None, step=None, stop_reason=None, train_seconds=None):
@@ -125,14 +159,18 @@ def evaluate(workdir, config=None, step=None, stop_reason=None, train_seconds=No
                                             meta["normalizer"], labelled_only=True)
     sets["test"] = (other, "all")
   block = config.data.window + config.data.horizon  # Windows this far apart don't overlap.
+  scale = _return_scale(config, meta)
 
   lead = jax.process_index() == 0
-  results, arrays = {}, {}
+  results, arrays, returns = {}, {}, None
   for name, (d, split) in sets.items():
-    probs, _ = steps.predict_split(state, d, split, eval_bs)
+    probs, rets = steps.predict_split(state, d, split, eval_bs)
     s = d.splits[split]
     arrays[name] = verdict.signal_view(s.labels, probs)
     results[name] = _split_results(s.labels, probs, s.fwd_returns, threshold, config, block)
+    if name == "test" and scale is not None:
+      returns = (_in_return_units(rets, scale), s.fwd_returns)
+      results[name]["return_head"] = _return_head(*returns, config, block)
   summary = {
       "config_name": config.name,
       "workdir": os.path.abspath(workdir),
@@ -148,15 +186,20 @@ def evaluate(workdir, config=None, step=None, stop_reason=None, train_seconds=No
   if config.eval.data_dir:
     summary["test_data"] = sets["test"][0].summary()
   if lead:
-    _pictures(workdir, arrays, results, threshold)
+    _pictures(workdir, arrays, results, threshold, returns)
     io_utils.atomic_write_json(os.path.join(workdir, "report.json"), summary)
     report_md.write_report_md(summary, workdir)
     print(console_summary(summary), flush=True)
   return summary
 
 
-def _pictures(workdir, arrays, results, threshold):
+def _pictures(workdir, arrays, results, threshold, returns=None):
   path = lambda name: os.path.join(workdir, name)
+  if returns is not None:  # (predicted, realised) test returns of a trained return head.
+    ok = np.isfinite(returns[1])
+    head = results["test"]["return_head"]
+    plots.plot_return_head(returns[0][ok], returns[1][ok], path("test_return_head.png"),
+                           ic=(head["ic"]["estimate"], head["rank_ic"]["estimate"]))
   for split, (labels, scores) in arrays.items():
     if labels.min() != labels.max():
       plots.plot_roc_pr(labels, scores, path(f"{split}_roc_pr.png"), split=split)
@@ -172,13 +215,19 @@ def predict(workdir, config=None, step=None, data_dir=None, out=None):
 
   Outputs `out` (default workdir/predictions.npz) and a .csv twin with columns
   instrument, timestamp, probability, predicted class (at the saved threshold),
-  label and forward return (NaN / -1 where the future is not known yet).
+  label and forward return (NaN / -1 where the future is not known yet) and, when
+  the run trained a return head (loss.return_weight > 0), predicted_return (in
+  return units: the head's output times the run's saved return_scale).
+
+  Returns:
+    The columns as arrays, by name.
   """
   config = config or load_run_config(workdir)
   steps, state, meta, step, _ = restore(workdir, config, step)
   data_dir = data_dir or config.eval.data_dir or dataset_lib.ensure_data(config.data)
   d = dataset_lib.build_inference_set(config.data, data_dir, meta["normalizer"])
-  probs, _ = steps.predict_split(state, d, "all", steps_lib.eval_batch_size(config, steps.mesh))
+  probs, rets = steps.predict_split(state, d, "all",
+                                    steps_lib.eval_batch_size(config, steps.mesh))
   s = d.splits["all"]
   threshold = meta["threshold"]
   out = out or os.path.join(workdir, "predictions.npz")
@@ -187,16 +236,21 @@ def predict(workdir, config=None, step=None, data_dir=None, out=None):
             "probability": scores,
             "predicted_class": (scores >= threshold).astype(np.int32),
             "label": s.labels, "forward_return": s.fwd_returns}
+  scale = _return_scale(config, meta)
+  if scale is not None:
+    arrays["predicted_return"] = _in_return_units(rets, scale)
   if jax.process_index() == 0:
     buf = io.BytesIO()
     np.savez_compressed(buf, threshold=threshold, **arrays)
     io_utils.atomic_write_bytes(out, buf.getvalue())
-    lines = ["instrument,timestamp,probability,predicted_class,label,forward_return"]
+    lines = ["instrument,timestamp,probability,predicted_class,label,forward_return"
+             + (",predicted_return" if scale is not None else "")]
     for i in range(len(s)):
       ts = np.datetime64(int(arrays["timestamp"][i]), "ns").astype("datetime64[s]")
       lines.append(f"{arrays['instrument'][i]},{ts},{arrays['probability'][i]:.6f},"
                    f"{arrays['predicted_class'][i]},{arrays['label'][i]},"
-                   f"{arrays['forward_return'][i]:.6g}")
+                   f"{arrays['forward_return'][i]:.6g}"
+                   + (f",{arrays['predicted_return'][i]:.6g}" if scale is not None else ""))
     io_utils.atomic_write_text(os.path.splitext(out)[0] + ".csv", "\n".join(lines) + "\n")
     print(f"Wrote {len(s):,} predictions (threshold {threshold:.4f}, checkpoint step {step}) "
           f"to {out} and {os.path.splitext(out)[0]}.csv", flush=True)
@@ -230,6 +284,11 @@ def console_summary(summary):
       lines.append(f"   !! {split}: collapsed — {r['collapse_reason']}")
   (tn, fp), (fn, tp) = summary["test"]["confusion"]
   lines.append(f"   test confusion: TN {tn}  FP {fp}  FN {fn}  TP {tp}")
+  head = summary["test"].get("return_head")
+  if head:
+    lines.append("   test return head: " + ", ".join(
+        f"{label} {head[k]['estimate']:+.3f} [{head[k]['lo']:+.3f}, {head[k]['hi']:+.3f}]"
+        for k, label in (("ic", "IC"), ("rank_ic", "rank IC"))))
   a = summary["test"]["at_threshold"]
   if a["signals"]:
     lines.append(f"   test signals: {a['signals']:,} ({a['signal_share']:.1%} of windows), win rate "

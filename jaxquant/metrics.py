@@ -73,17 +73,16 @@ def validate_binary(y_true, scores, scores_name="scores"):
   return y, s
 
 
-def _check_rate(min_rate):
-  min_rate = float(min_rate)
-  if not 0.0 <= min_rate <= 1.0:
-    raise ValueError(f"min_rate must be in [0, 1], got {min_rate}")
-  return min_rate
+def _check_rate(rate, name="min_rate"):
+  rate = float(rate)
+  if not 0.0 <= rate <= 1.0:
+    raise ValueError(f"{name} must be in [0, 1], got {rate}")
+  return rate
 
 
 def safe_div(num, den):
   """Elementwise num / den as float64 with 0.0 where den == 0 (zero_division=0)."""
-  num = np.asarray(num, dtype=np.float64)
-  den = np.asarray(den, dtype=np.float64)
+  num, den = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
   return np.divide(num, den, out=np.zeros(np.broadcast(num, den).shape), where=den != 0)
 
 
@@ -132,6 +131,21 @@ def confusion(y_true, y_pred):
   if y.shape != p.shape:
     raise ValueError(f"y_true and y_pred must have the same length, got {y.size} and {p.size}")
   return np.bincount(2 * y + p, minlength=4).reshape(2, 2).astype(np.int64)
+
+
+def mcc(cm, undefined=0.0):
+  """Matthews correlation coefficient (``sklearn.metrics.matthews_corrcoef``).
+
+  Args:
+    cm: confusion matrix ``[[tn, fp], [fn, tp]]``.
+    undefined: the value when a row or column of ``cm`` is empty (sklearn: 0).
+
+  Returns:
+    MCC in [-1, 1]: 0 for a trivial or random classifier, whatever the prior.
+  """
+  (tn, fp), (fn, tp) = np.asarray(cm, np.float64)
+  den = math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+  return float((tp * tn - fp * fn) / den) if den else float(undefined)
 
 
 def binary_metrics(y_true, scores, threshold):
@@ -309,40 +323,50 @@ def pr_auc(y_true, scores):
 # ---------------------------------- collapse detection, summaries, multi-class
 
 
-def is_collapsed(scores, threshold, min_rate):
+def is_collapsed(scores, threshold, min_rate, max_rate=None, y_true=None):
   """Whether thresholded predictions are degenerate (a trivial classifier).
 
   Collapsed when the threshold is nan, the scores are numerically constant
-  (peak-to-peak < 1e-7), all predictions are one class, or the
-  predicted-positive share is below ``min_rate`` or above ``1 - min_rate``.
+  (peak-to-peak < 1e-7), all predictions are one class, the predicted-positive
+  share is below ``min_rate`` or above ``max_rate``, or (given labels) F1 does not
+  exceed ``f1_baseline``: signalling on (nearly) every window is collapse too.
 
   Args:
     scores: real-valued scores, shape (n,); positive iff ``>= threshold``.
     threshold: decision threshold.
     min_rate: floor on the predicted-positive share, in [0, 1].
+    max_rate: ceiling on that share, in [0, 1]; None = ``1 - min_rate``.
+    y_true: labels in {0, 1}, shape (n,), for the F1 test (skipped without positives).
 
   Returns:
     ``(collapsed, reason)`` where ``reason`` is a plain-English sentence,
     e.g. ``"predicts class 0 for all 1234 windows"``.
   """
-  s = as_scores(scores)
-  min_rate = _check_rate(min_rate)
-  threshold = float(threshold)
+  s, threshold, min_rate = as_scores(scores), float(threshold), _check_rate(min_rate)
+  max_rate = 1.0 - min_rate if max_rate is None else _check_rate(max_rate, "max_rate")
   n = s.size
   if math.isnan(threshold):
     return True, "threshold is nan (no admissible threshold was found)"
   ptp = float(np.ptp(s))
   if ptp < CONSTANT_SCORE_PTP:
     return True, f"scores are constant (peak-to-peak {ptp:.3g} < {CONSTANT_SCORE_PTP:g})"
-  k = int(np.count_nonzero(s >= threshold))
+  pred = s >= threshold
+  k = int(np.count_nonzero(pred))
   if k in (0, n):
     return True, f"predicts class {int(k == n)} for all {n} windows"
   rate = k / n
   if rate < min_rate:
     return True, f"predicted-positive rate {rate:.4g} below floor {min_rate:.4g}"
-  if rate > 1.0 - min_rate:
-    return True, f"predicted-positive rate {rate:.4g} above ceiling {1.0 - min_rate:.4g}"
-  return False, f"predicted-positive rate {rate:.4g} within [{min_rate:.4g}, {1.0 - min_rate:.4g}]"
+  if rate > max_rate:
+    return True, f"predicted-positive rate {rate:.4g} above ceiling {max_rate:.4g}"
+  if y_true is not None:
+    y, _ = validate_binary(y_true, s)
+    n_pos, tp = int(y.sum()), int(y[pred].sum())
+    # F1 = 2tp / (k + P) against 2P / (n + P), compared exactly in integers.
+    if n_pos and tp * (n + n_pos) <= n_pos * (k + n_pos):
+      return True, (f"has F1 {2 * tp / (k + n_pos):.4g}, not above the "
+                    f"{2 * n_pos / (n + n_pos):.4g} of always predicting positive")
+  return False, f"predicted-positive rate {rate:.4g} within [{min_rate:.4g}, {max_rate:.4g}]"
 
 
 def _as_classes(x, num_classes, name):
@@ -375,11 +399,12 @@ def summarize(y_true, scores, threshold):
     threshold: decision threshold (positive iff ``score >= threshold``).
 
   Returns:
-    :func:`binary_metrics` plus ``roc_auc``, ``roc_auc_baseline`` (0.5),
-    ``pr_auc`` and ``pr_auc_baseline`` (the prior).
+    :func:`binary_metrics` plus ``mcc`` (:func:`mcc`, baseline 0), ``roc_auc``,
+    ``roc_auc_baseline`` (0.5), ``pr_auc`` and ``pr_auc_baseline`` (the prior).
   """
   y, s = validate_binary(y_true, scores)
   out = binary_metrics(y, s, threshold)
+  out["mcc"] = mcc(out["confusion"])
   out["roc_auc"] = roc_auc(y, s)
   out["roc_auc_baseline"] = 0.5
   out["pr_auc"] = pr_auc(y, s)

@@ -29,6 +29,22 @@ def make_mesh(mesh_config):
   if data * expert != n or data < 1 or expert < 1:
     raise ValueError(f"config.mesh: data={mesh_config.data} x expert={mesh_config.expert} "
                      f"does not cover the {n} devices")
+  return _mesh(data, expert)
+
+
+def restore_mesh(mesh_config):
+  """A mesh for restoring a run on this machine, whatever devices the run trained on: its
+  own mesh where it covers the devices here, else every device with the run's expert
+  split where it divides them (else none). Predictions are the same on any mesh."""
+  try:
+    return make_mesh(mesh_config)
+  except ValueError:
+    n, expert = jax.device_count(), int(mesh_config.expert)
+    expert = expert if expert >= 1 and n % expert == 0 else 1
+    return _mesh(n // expert, expert)
+
+
+def _mesh(data, expert):
   return jax.make_mesh((data, expert), (DATA, EXPERT),
                        axis_types=(jax.sharding.AxisType.Auto,) * 2)
 

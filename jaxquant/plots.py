@@ -1,4 +1,5 @@
-"""The pictures of a run: ROC/PR, calibration, confusion, threshold sweep, training curves.
+"""The pictures of a run: ROC/PR, calibration, confusion, return head, threshold sweep,
+training curves.
 
 Each ``plot_*`` writes one PNG atomically and draws the line a trivial model
 would give (chance, prior). Figures are built on their own Agg canvas (no
@@ -25,6 +26,7 @@ FIGURES = (
     ("threshold_sweep.png", "Threshold sweep"),
     ("test_calibration.png", "Calibration"),
     ("test_confusion.png", "Confusion matrix"),
+    ("test_return_head.png", "Return head"),
     ("val_roc_pr.png", "Validation ROC and PR"),
     ("val_calibration.png", "Validation calibration"),
 )
@@ -149,6 +151,39 @@ def plot_calibration(labels, scores, path, bins=10, strategy="uniform", split="T
   if nonzero and max(nonzero) > 20 * min(nonzero):
     a2.set_yscale("log")  # Most scores pile up near 0 with rare positives.
   a2.set(xlabel="mean predicted probability (bin)", ylabel="windows")
+  return _save(fig, path)
+
+
+def plot_return_head(predicted, realised, path, ic=None, bins=10):
+  """Predicted vs realised forward return: a scatter and the mean realised return per
+  quantile bin of the prediction, against the overall mean (what no skill gives).
+
+  Args:
+    predicted: predicted returns of the return head, shape (n,).
+    realised: realised forward returns, shape (n,).
+    path: PNG to write.
+    ic: optional ``(ic, rank_ic)`` for the title.
+    bins: quantile bins of the prediction.
+
+  Returns:
+    The path written.
+  """
+  p, r = np.asarray(predicted, np.float64), np.asarray(realised, np.float64)
+  fig, ((a1, a2),) = _new_figure(2, 1, figsize=(10, 4))
+  a1.scatter(p, r, s=4, alpha=0.3, color="C0", rasterized=True)
+  a1.axhline(0, color="grey", lw=0.8)
+  a1.axvline(0, color="grey", lw=0.8)
+  title = "Test return head" + (f" (IC {ic[0]:+.3f}, rank IC {ic[1]:+.3f})" if ic else "")
+  a1.set(xlabel="predicted forward return", ylabel="realised forward return", title=title)
+  # Equal-count bins; ties in the prediction may leave fewer, never empty, bins.
+  edges = np.unique(np.quantile(p, np.linspace(0, 1, bins + 1)))
+  which = np.clip(np.searchsorted(edges, p, side="right") - 1, 0, max(len(edges) - 2, 0))
+  used = np.unique(which)
+  a2.plot([p[which == b].mean() for b in used], [r[which == b].mean() for b in used], "o-",
+          label="mean realised, per bin of the prediction")
+  a2.axhline(r.mean(), ls=":", color="grey", label=f"overall mean {r.mean():+.2e} (no skill)")
+  a2.set(xlabel="predicted forward return (bin mean)", ylabel="mean realised forward return")
+  a2.legend(loc="upper left", fontsize=8)
   return _save(fig, path)
 
 

@@ -98,6 +98,7 @@ _METRIC_ROWS = (
     ("precision", "precision (win rate)", "prior", "random signals"),
     ("recall", "recall", None, ""),
     ("f1", "F1", "f1_baseline", "always positive"),
+    ("mcc", "MCC", 0.0, "any trivial or random model"),
     ("precision_lift", "precision / prior", 1.0, "random signals"),
     ("accuracy", "accuracy", "accuracy_baseline", "majority class"),
     ("predicted_positive_rate", "signalled share", None, ""),
@@ -137,6 +138,20 @@ def _md_metrics(summary):
     (tn, fp), (fn, tp) = np.asarray(test["confusion"], dtype=np.int64).tolist()
     lines += ["", f"Test confusion: TN {tn:,}, FP {fp:,}, FN {fn:,}, TP {tp:,}."]
   return lines + [""]
+
+
+def _md_return_head(summary):
+  head = (summary.get("test") or {}).get("return_head")
+  if not head:
+    return []
+  rows = [[label, _f(head.get(key, {}).get("estimate")), _ci({"bootstrap": head}, key), "0"]
+          for key, label in (("ic", "IC (Pearson)"), ("rank_ic", "rank IC (Spearman)"))]
+  lines = ["## Return head (test)", ""]
+  lines += _table(["metric", "test", "95% CI", "no skill"], rows)
+  lines += ["", f"Correlation of the predicted with the realised forward return over "
+            f"{_int(head.get('n'))} test windows (loss.return_weight > 0); intervals from the "
+            "same block bootstrap as above.", ""]
+  return lines
 
 
 def _md_sweep(rows, title, threshold=None):
@@ -180,8 +195,9 @@ def write_report_md(summary, workdir):
 
   Args:
     summary: the dict evaluate.py writes to report.json, optionally with
-      ``summary[split]["sweep"]`` (:func:`jaxquant.trading.trading_sweep` rows)
-      and ``summary[split]["bootstrap"]`` (:func:`jaxquant.bootstrap.bootstrap_metrics`).
+      ``summary[split]["sweep"]`` (:func:`jaxquant.trading.trading_sweep` rows),
+      ``summary[split]["bootstrap"]`` (:func:`jaxquant.bootstrap.bootstrap_metrics`)
+      and ``summary["test"]["return_head"]`` (:func:`jaxquant.bootstrap.bootstrap_ic`).
     workdir: run directory; only pictures of :data:`jaxquant.plots.FIGURES`
       present there are embedded.
 
@@ -196,6 +212,7 @@ def write_report_md(summary, workdir):
   lines += _md_data(summary)
   lines += _md_run(summary)
   lines += _md_metrics(summary)
+  lines += _md_return_head(summary)
   test_sweep = (summary.get("test") or {}).get("sweep")
   if test_sweep:
     lines += _md_sweep(test_sweep, "## Test threshold sweep", summary.get("threshold"))

@@ -126,8 +126,8 @@ def stop_reason(progress, config, last_record):
     return None
   if progress["collapsed_epochs"] >= config.eval.collapse_patience:
     why = last_record.get("val_collapse_reason") or "collapsed"
-    return (f"collapsed: the model {why} on validation for {progress['collapsed_epochs']} "
-            "epochs in a row")
+    return (f"collapsed on validation for {progress['collapsed_epochs']} epochs in a row "
+            f"(last: {why})")
   if progress["bad_epochs"] >= config.train.patience:
     return f"early stopping: no better validation F1 for {progress['bad_epochs']} epochs"
   return None

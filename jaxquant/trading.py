@@ -47,7 +47,8 @@ def trading_sweep(labels, scores, fwd_returns, thresholds=None):
   Args:
     labels: true labels in {0, 1}, shape (n,).
     scores: real-valued scores, shape (n,).
-    fwd_returns: forward return of each window over the label horizon, shape (n,).
+    fwd_returns: the return of the trade each window's label describes (over the label
+      horizon; the barrier exit return for triple-barrier labels), shape (n,).
     thresholds: thresholds to evaluate; None = the default sweep: 0.05..0.95
       in steps of 0.05 (:data:`SWEEP_GRID`), plus for each share in
       :data:`SIGNAL_SHARES` the k-th largest score with ``k = ceil(share * n)``

@@ -138,7 +138,7 @@ def validate_epoch(run, state, epoch, t0, train_m, progress):
   min_rate = config.eval.min_positive_rate
   val_verdict = verdict.split_verdict(val.labels, probs,
                                       verdict.choose_threshold(val.labels, probs, min_rate),
-                                      min_rate)
+                                      min_rate, config.eval.max_positive_rate)
   score = checkpoints_lib.COLLAPSED_SCORE if val_verdict["collapsed"] else val_verdict["f1"]
   improved = score > progress["best_score"]
   progress["best_score"] = max(progress["best_score"], score)

@@ -24,13 +24,27 @@ def choose_threshold(labels, probs, min_rate):
   return threshold
 
 
-def split_verdict(labels, probs, threshold, min_rate):
-  """Metrics of the signal class at `threshold` with their do-nothing baselines, the
-  collapse verdict, the predicted class shares and, with three classes, the argmax
-  per-class figures."""
+def split_verdict(labels, probs, threshold, min_rate, max_rate):
+  """One split judged at `threshold`.
+
+  Collapsed (never the best checkpoint, counted by the collapse stop rule) on either
+  side: it signals on fewer than `min_rate` or more than `max_rate` of the windows, or
+  its F1 does not exceed the F1 of always signalling (`metrics.is_collapsed`).
+
+  Args:
+    labels: class labels [n]; probs: class probabilities [n, K].
+    threshold: decision threshold on the signal class's probability.
+    min_rate, max_rate: eval.min_positive_rate and eval.max_positive_rate.
+
+  Returns:
+    The signal class's metrics with their do-nothing baselines (`metrics.summarize`),
+    `collapsed`, `collapse_reason`, the predicted class shares and, with three classes,
+    the argmax per-class figures.
+  """
   binary, scores = signal_view(labels, probs)
   summary = metrics_lib.summarize(binary, scores, threshold)
-  collapsed, reason = metrics_lib.is_collapsed(scores, threshold, min_rate)
+  collapsed, reason = metrics_lib.is_collapsed(scores, threshold, min_rate, max_rate,
+                                               y_true=binary)
   summary["collapsed"] = bool(collapsed)
   summary["collapse_reason"] = reason if collapsed else ""
   pred = (scores >= threshold) if np.isfinite(threshold) else np.zeros(len(scores), bool)

@@ -2,6 +2,7 @@
 
   python tests/dist_worker.py steps MODEL OUT.npz       a few train steps on random data
   python tests/dist_worker.py train WORKDIR DATA        a tiny train_and_evaluate
+  python tests/dist_worker.py train_moe WORKDIR DATA    the same, tiny MoE on mesh.expert=2
 """
 
 import os
@@ -89,8 +90,19 @@ def run_train(workdir, data_dir):
   train.train_and_evaluate(tiny_config(data_dir, {"train.epochs": 2}), workdir)
 
 
+def run_train_moe(workdir, data_dir):
+  """The quick MoE, experts split over 2 devices (its saved mesh needs an even count)."""
+  from conftest import tiny_config
+  from configs import moe
+  config = tiny_config(data_dir, {"mesh.expert": 2, "data.synth.days": 4},
+                       config=moe.get_config("quick"))
+  train.train_and_evaluate(config, workdir)
+
+
 if __name__ == "__main__":
   if sys.argv[1] == "steps":
     run_steps(sys.argv[2], sys.argv[3])
+  elif sys.argv[1] == "train_moe":
+    run_train_moe(sys.argv[2], sys.argv[3])
   else:
     run_train(sys.argv[2], sys.argv[3])

@@ -26,6 +26,24 @@ CASES = [
 ]
 
 
+def _reference(q, k, v, radius, causal=False):
+  """Dense banded attention from the formula, sharing no code with the module:
+  p_ij = exp(s_ij - m_i) / sum_{j' allowed} exp(s_ij' - m_i) over the allowed keys
+  (|i - j| <= radius, and j <= i if causal), p_ij = 0 elsewhere, with
+  s = q·k / sqrt(D) in float32 and m_i the row's largest allowed score."""
+  seq_len, depth = q.shape[1], q.shape[3]
+  i, j = np.arange(seq_len)[:, None], np.arange(seq_len)[None, :]
+  allowed = np.abs(i - j) <= radius
+  if causal:
+    allowed &= j <= i
+  s = jnp.einsum("bqhd,bkhd->bhqk", q.astype(jnp.float32), k.astype(jnp.float32))
+  s = s / np.sqrt(depth)
+  m = jnp.max(jnp.where(allowed, s, jnp.finfo(jnp.float32).min), axis=-1, keepdims=True)
+  e = jnp.where(allowed, jnp.exp(s - m), 0.0)  # Every row allows j = i: sum(e) >= 1.
+  p = e / jnp.sum(e, axis=-1, keepdims=True)
+  return jnp.einsum("bhqk,bkhd->bqhd", p, v.astype(jnp.float32))
+
+
 def _normal(shape, seed=0):
   # numpy, not jax.random: every new shape would cost an eager compile.
   return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
@@ -46,7 +64,7 @@ def test_matches_dense_reference_values_and_grads(seq_len, radius, block, causal
     def value_and_grads(f):
       return jax.grad(lambda *a: jnp.sum(f(*a) * g), argnums=(0, 1, 2))(q, k, v), f(q, k, v)
     local = lambda q, k, v: local_attention(q, k, v, radius, causal=causal, block_size=block)
-    dense = lambda q, k, v: dense_local_attention_reference(q, k, v, radius, causal)
+    dense = lambda q, k, v: _reference(q, k, v, radius, causal)
     return value_and_grads(local), value_and_grads(dense)
 
   (got_grads, got), (want_grads, want) = both(q, k, v, g)
@@ -89,8 +107,19 @@ def test_bfloat16_inputs():
   q, k, v, _ = _qkv(30)
   out = jit(lambda *a: local_attention(*(x.astype(jnp.bfloat16) for x in a), 4))(q, k, v)
   assert out.dtype == jnp.bfloat16
-  want = jit(lambda *a: dense_local_attention_reference(*a, 4))(q, k, v)
+  want = jit(lambda *a: _reference(*a, 4))(q, k, v)
   np.testing.assert_allclose(out.astype(jnp.float32), want, atol=5e-2)
+
+
+def test_module_dense_reference_matches_the_formula():
+  # The module's dense path (LocalSelfAttention(attention="dense"), benchmarks), causal
+  # and not, in one program.
+  q, k, v, _ = _qkv(23)
+  pairs = jit(lambda q, k, v: [(dense_local_attention_reference(q, k, v, 3, causal),
+                                _reference(q, k, v, 3, causal))
+                               for causal in (False, True)])(q, k, v)
+  for got, want in pairs:
+    np.testing.assert_allclose(got, want, atol=2e-6, rtol=1e-5)
 
 
 def _all_shapes(jaxpr):

@@ -53,6 +53,15 @@ def sk_at(score_fn, threshold):
   return lambda y, s: score_fn(y, s >= threshold, zero_division=np.nan)
 
 
+def sk_mcc_at(threshold):
+  """sklearn's MCC, nan where it is undefined (one class in the labels or predictions)."""
+  def mcc(y, s):
+    p = s >= threshold
+    defined = 0 < y.sum() < y.size and 0 < p.sum() < p.size
+    return skm.matthews_corrcoef(y, p) if defined else math.nan
+  return mcc
+
+
 def test_bootstrap_deterministic_and_contains_estimate():
   y, s = make_data(5, n=2000)
   a = bootstrap.bootstrap_metrics(y, s, 0.3, block=20, n_boot=100, seed=7)
@@ -117,7 +126,7 @@ def test_bootstrap_metrics_keys_and_estimates():
   y, s = make_data(9, n=2000)
   out = bootstrap.bootstrap_metrics(y, s, 0.3, block=25, n_boot=60, seed=0)
   assert set(out) == set(bootstrap.BOOTSTRAP_METRICS) == {
-      "roc_auc", "pr_auc", "precision", "recall", "f1"}
+      "roc_auc", "pr_auc", "precision", "recall", "f1", "mcc"}
   ref = M.summarize(y, s, 0.3)
   for name, ci in out.items():
     assert ci["estimate"] == pytest.approx(ref[name], abs=1e-12)
@@ -126,7 +135,7 @@ def test_bootstrap_metrics_keys_and_estimates():
   # Every metric's interval is the textbook one over the same resamples.
   refs = {"roc_auc": sk_roc_auc, "pr_auc": sk_pr_auc,
           "precision": sk_at(skm.precision_score, 0.3), "recall": sk_at(skm.recall_score, 0.3),
-          "f1": sk_at(skm.f1_score, 0.3)}
+          "f1": sk_at(skm.f1_score, 0.3), "mcc": sk_mcc_at(0.3)}
   for name, metric in refs.items():
     lo, hi, skipped = reference_ci(y, s, metric, 25, 60, 0)
     assert (out[name]["lo"], out[name]["hi"]) == pytest.approx((lo, hi), rel=1e-9), name

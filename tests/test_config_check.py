@@ -126,3 +126,63 @@ def test_a_run_saved_with_the_old_attention_key_still_loads(tmp_path):
   config = evaluate.load_run_config(str(tmp_path))
   assert config.model.attention_radius == 7 and "window" not in config.model
   config_check.validate(config)
+
+
+@pytest.mark.parametrize("changes, alpha", [
+    ({"data.label_kind": "three_class"}, "1,2,3"),
+    ({"data.label_kind": "triple_barrier", "data.barrier_binary": False}, "1,1,4"),
+    ({"data.label_kind": "triple_barrier"}, "1,4"),
+    ({"data.label_kind": "binary"}, "1,14.6"),
+])
+def test_explicit_class_weights_take_one_weight_per_class_of_the_label_kind(changes, alpha):
+  config = gru.get_config("quick")
+  for key, value in changes.items():
+    config_check.set_value(config, key, str(value))
+  config_check.set_value(config, "loss.alpha", alpha)
+  config_check.validate(config)
+  wrong = ",".join(["1"] * (5 - len(alpha.split(","))))  # 2 weights for 3 classes, 3 for 2.
+  config_check.set_value(config, "loss.alpha", wrong)
+  with pytest.raises(config_check.ConfigError, match=r"config.loss.alpha=.* needs \d weights"):
+    config_check.validate(config)
+
+
+_TYPO_CONFIG = """
+from configs import gru
+
+
+def get_config(arg=None):
+  c = gru.get_config("quick")
+  c.{key} = {value}
+  return c
+"""
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("train.lrr", "1e-3", "config.train.lrr is not a setting (did you mean train.lr?)"),
+    ("data.windw", "64", "config.data.windw is not a setting (did you mean data.window?)"),
+    ("data.synth.dayz", "3", "config.data.synth.dayz is not a setting (did you mean "
+     "data.synth.days?)"),
+    ("eval.zzz", "1", "config.eval.zzz is not a setting"),
+])
+def test_unknown_key_in_a_config_file_is_refused(tmp_path, key, value, expected):
+  from jaxquant import compare
+  path = tmp_path / "typo.py"
+  path.write_text(_TYPO_CONFIG.format(key=key, value=value))
+  config = compare.load_config_file(str(path))
+  with pytest.raises(config_check.ConfigError) as e:
+    config_check.validate(config)
+  msg = str(e.value)
+  assert expected in msg and "\n" not in msg, msg
+  if key == "train.lrr":  # The same file through the command line: one line, exit 1.
+    p = subprocess.run([sys.executable, "-m", "jaxquant.main", f"--config={path}"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, PYTHONPATH=ROOT))
+    assert p.returncode == 1, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], lines
+
+
+def test_model_keys_are_left_to_the_model_check():
+  config = gru.get_config("quick")
+  config.model.attention_radius = 3  # Not a GRU field: models.build_model refuses it.
+  config_check.validate(config)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,7 +16,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import soak  # noqa: E402  (benchmarks/soak.py: the longer version of these tests)
 
-# What a resumed run must reproduce exactly: every epoch's metrics and the test report.
+# What a resumed run must reproduce exactly: every epoch's metrics, the test report and
+# the final checkpoint's parameters and optimizer state, bit for bit (soak.final_state).
 _results = soak.results
 
 
@@ -53,7 +55,11 @@ def reference(tmp_path_factory):
   root = tmp_path_factory.mktemp("ref")
   data = str(root / "data")
   _run(_cmd(str(root / "run"), data))
-  return data, _results(str(root / "run"))
+  expected = _results(str(root / "run"))
+  state = expected[2]
+  assert any(k.startswith("['params']") for k in state)
+  assert any(k.startswith("['opt_state']") and "['nu']" in k for k in state)
+  return data, expected
 
 
 def test_sigterm_saves_and_resume_is_identical(reference, tmp_path, sig=signal.SIGTERM,
@@ -64,6 +70,16 @@ def test_sigterm_saves_and_resume_is_identical(reference, tmp_path, sig=signal.S
   out = _kill_after_start(_start(_cmd(workdir, data)), sig, delay)
   assert "saved a checkpoint" in out, out[-2000:]
   assert "re-run the same command" in out
+  # It stopped mid-epoch: the checkpoint it left is a preemption one, part-way through
+  # an epoch (0 < batch < steps per epoch, the reference's step after epoch 1).
+  from jaxquant.checkpoints import CheckpointStore
+  store = CheckpointStore(os.path.join(workdir, "checkpoints"))
+  meta = store.restore_meta(store.latest_step())
+  store.close()
+  steps_per_epoch = expected[0][0]["step"]
+  progress = meta["progress"]
+  assert meta["preempted"] == sig.name
+  assert 0 < progress["batch"] < steps_per_epoch, (progress, steps_per_epoch)
   # A different config must not resume this run...
   p = subprocess.run(_cmd(workdir, data, "--config.train.lr=0.01"), cwd=ROOT,
                      capture_output=True, text=True, timeout=300)
@@ -72,8 +88,11 @@ def test_sigterm_saves_and_resume_is_identical(reference, tmp_path, sig=signal.S
   assert "different config" in err and "(train.lr: 0.002 -> 0.01)" in err and "--force" in err
   # ...the same one continues exactly where it stopped.
   resumed = _run(_cmd(workdir, data))
-  assert "Resuming at epoch" in resumed
-  assert _results(workdir) == expected
+  at = re.search(r"Resuming at epoch (\d+), batch (\d+) ", resumed)
+  assert at and (int(at[1]), int(at[2])) == (progress["epoch"] + 1, progress["batch"]), resumed
+  got = _results(workdir)
+  assert got[2] == expected[2]  # Parameters and optimizer state, bitwise...
+  assert got == expected  # ...and every epoch's metrics and the test report.
   # --force resumes under a changed config (here: one more epoch at another lr)...
   forced = _run(_cmd(workdir, data, "--config.train.epochs=3", "--config.train.lr=0.001",
                      "--force"))
@@ -202,3 +221,20 @@ def test_random_shard_corruptions_all_give_a_clear_error(tmp_path):
   assert {r["kind"] for r in rows} == set(soak.CORRUPTIONS)
   assert all(r["outcome"] == "clear error" for r in rows), [r for r in rows
                                                            if r["outcome"] != "clear error"]
+
+
+def test_soak_counts_only_trials_that_were_interrupted():
+  # A signal after the run ended (exit 0, no save) or a KILL@save with no save to kill
+  # interrupts nothing; a trial made only of those is not counted as identical.
+  assert soak.interrupted(-9, "") and soak.interrupted(-15, "")
+  assert soak.interrupted(0, "SIGTERM: saved a checkpoint at epoch 1, batch 5")
+  assert not soak.interrupted(0, "epoch   3 ...\n   report: run/report.md\n")
+  kills = [{"trial": 0, "interruptions": "SIGTERM@1.0s→0", "outcome": "identical",
+            "interrupted": 1},
+           {"trial": 1, "interruptions": "SIGKILL@9.0s→0 (had finished)",
+            "outcome": "not interrupted", "interrupted": 0},
+           {"trial": 2, "interruptions": "SIGKILL@2.0s→-9", "outcome": "DIFFERENT",
+            "interrupted": 1}]
+  md = soak.to_markdown(kills, 10.0, [], "soak", 1.0, (0.0, 0.0))
+  assert "**1/2 interrupted trials finished identical" in md
+  assert "1 not interrupted" in md

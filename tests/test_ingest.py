@@ -25,6 +25,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(REPO, "tests", "data")
 EURUSD = os.path.join(DATA, "eurusd_1h_2017_head300.csv")
 SP500 = os.path.join(DATA, "sp500_daily_1999_2018_head300.csv")
+# The last 300 rows of the same files (the other end of the year / of 2017-2018).
+EURUSD_TAIL = os.path.join(DATA, "eurusd_1h_2017_tail300.csv")
+SP500_TAIL = os.path.join(DATA, "sp500_daily_1999_2018_tail300.csv")
 TQSDK = os.path.join(DATA, "tqsdk_rb2105_if2103_1min.csv")
 SHARED = os.path.join(os.path.dirname(REPO), "shared", "data", "real")
 O, H, L, C, V, OI = range(6)
@@ -55,6 +58,8 @@ def _write(path, lines):
 @pytest.mark.parametrize("path,fmt,time_format_name", [
     (EURUSD, "%d.%m.%Y %H:%M:%S.%f", "DD.MM.YYYY[ HH:MM[:SS[.f]]]"),
     (SP500, "%m/%d/%Y", "M/D/YYYY[ HH:MM[:SS[.f]]]"),
+    (EURUSD_TAIL, "%d.%m.%Y %H:%M:%S.%f", "DD.MM.YYYY[ HH:MM[:SS[.f]]]"),
+    (SP500_TAIL, "%m/%d/%Y", "M/D/YYYY[ HH:MM[:SS[.f]]]"),
 ])
 def test_real_slices(tmp_path, path, fmt, time_format_name):
     rows = _csv_rows(path)
@@ -93,8 +98,29 @@ def test_first_last_timestamps_exact():
     assert str(ts[-1].astype("datetime64[ns]")) == "2000-03-10T00:00:00.000000000"
 
 
+def test_real_files_both_ends():
+    """The first and last 300 rows of both real files (tests/data, copied verbatim from
+    ../shared/data/real): every row read, none skipped, the files' own first and last
+    bars exact (test_real_slices checks every value of the four slices)."""
+    ends = {EURUSD: ("2017-01-01T22:00", "2017-01-18T09:00"),
+            EURUSD_TAIL: ("2017-12-12T19:00", "2017-12-29T21:00"),
+            SP500: ("1999-01-04T00:00", "2000-03-10T00:00"),
+            SP500_TAIL: ("2017-10-20T00:00", "2018-12-31T00:00")}
+    for path, (first, last) in ends.items():
+        ((ts, bars, skipped),) = read_csv_bars(path).values()
+        assert ts.size == 300 and skipped == {}, (path, ts.size, skipped)
+        assert np.all(np.diff(ts) > 0)
+        got = [str(t.astype("datetime64[ns]").astype("datetime64[m]")) for t in (ts[0], ts[-1])]
+        assert got == [first, last], (path, got)
+    # The two slices of a file are its two ends: the tail starts after the head ends.
+    for head, tail in ((EURUSD, EURUSD_TAIL), (SP500, SP500_TAIL)):
+        assert read_csv_bars(head).popitem()[1][0][-1] < read_csv_bars(tail).popitem()[1][0][0]
+
+
 @pytest.mark.skipif(not os.path.isdir(SHARED), reason="../shared/data/real not present")
 def test_full_real_files():
+    """The whole files, where ../shared sits beside the checkout (not on CI; the
+    always-run test_real_files_both_ends reads their two ends from tests/data)."""
     got = read_csv_bars(os.path.join(SHARED, "eurusd_1h_2017.csv"))
     assert {k: (v[0].size, v[2]) for k, v in got.items()} == {"eurusd_1h_2017": (6225, {})}
     got = read_csv_bars(os.path.join(SHARED, "sp500_daily_1999_2018.csv"))
@@ -446,7 +472,8 @@ def test_deterministic_rerun(tmp_path):
     ingest(inputs, tmp_path / "b")
     names = sorted(os.listdir(tmp_path / "a"))
     assert names == sorted(os.listdir(tmp_path / "b"))
-    assert "manifest.json" in names and "samples.jqx" in names and len(names) == 6
+    # 4 real slices, the 2 TqSdk symbols, the manifest and the samples.
+    assert "manifest.json" in names and "samples.jqx" in names and len(names) == 8
     before = {}
     for n in names:
         with open(tmp_path / "a" / n, "rb") as fa, open(tmp_path / "b" / n, "rb") as fb:
@@ -460,8 +487,9 @@ def test_deterministic_rerun(tmp_path):
     manifest = json.loads(before["manifest.json"])
     assert [e["shard"] for e in manifest["shards"]] == [
         "CFFEX.IF2103.jqs", "SHFE.rb2105.jqs", "eurusd_1h_2017_head300.jqs",
-        "sp500_daily_1999_2018_head300.jqs"]
-    assert manifest["samples"]["shard"] == "samples.jqx" and manifest["total_rows"] == 620
+        "eurusd_1h_2017_tail300.jqs", "sp500_daily_1999_2018_head300.jqs",
+        "sp500_daily_1999_2018_tail300.jqs"]
+    assert manifest["samples"]["shard"] == "samples.jqx" and manifest["total_rows"] == 1220
 
 
 def test_crash_leaves_complete_shards_only(tmp_path, monkeypatch):

@@ -1,5 +1,6 @@
 """Label kinds against plain-python references, config errors, and split leakage."""
 
+import decimal
 import math
 
 import numpy as np
@@ -254,3 +255,79 @@ def test_triple_barrier_labels_read_only_their_footprint(n, window, horizon, val
     other = labels.make_labels(cfg, scrambled)
     for key in ("labels", "exit_return", "exit_offset", "fwd_return"):
       np.testing.assert_array_equal(other[key][t], full[key][t])
+
+
+# ----------------------------------------------------------------------------
+# Prices on a tick grid: a bar that trades at the barrier touches it
+# ----------------------------------------------------------------------------
+
+
+def _on_grid(ticks, tick):
+  """Prices of integer tick counts as a CSV reader sees them (the double nearest the
+  decimal k * tick), not as k * tick computed in floating point."""
+  step = decimal.Decimal(repr(tick))
+  return np.array([float(decimal.Decimal(int(k)) * step) for k in ticks])
+
+
+def _grid_bars(seed, tick, n, dists, coarse):
+  """Integer-tick closes (multiples of `coarse`) and highs / lows that land exactly on
+  the barriers of the previous bar's close a third of the time.
+
+  Returns:
+    (close, high, low) in ticks (int64) and as prices on the grid.
+  """
+  rng = np.random.default_rng(seed)
+  # ~1.1 in price (22000 ticks of 0.00005), at least 50 steps of `coarse` from zero.
+  base = max(int(round(1.1 / tick / coarse)), 50)
+  c = coarse * (base + np.cumsum(rng.choice([-1, 0, 1], n, p=[0.15, 0.7, 0.15])))
+  up, dn = dists(np.concatenate([c[:1], c[:-1]]))  # Distances of the previous close.
+  exact = rng.random((2, n)) < 1 / 3
+  hi = c + np.where(exact[0], up, rng.integers(0, up + 1))
+  lo = c - np.where(exact[1], dn, rng.integers(0, dn + 1))
+  return (c, hi, lo), tuple(_on_grid(x, tick) for x in (c, hi, lo))
+
+
+def _reference_ticks(c, hi, lo, horizon, dists):
+  """First touch in whole ticks (integers: no rounding at all), stop-loss first."""
+  n = len(c)
+  lab, off, exit_ticks = np.full(n, -1), np.full(n, -1), np.zeros(n, np.int64)
+  exact, ups, dns = 0, *dists(c)
+  for t in range(n - horizon):
+    up, dn = int(ups[t]), int(dns[t])
+    lab[t], off[t], exit_ticks[t] = 1, horizon, c[t + horizon]
+    for k in range(1, horizon + 1):
+      if lo[t + k] <= c[t] - dn:
+        lab[t], off[t], exit_ticks[t] = 0, k, c[t] - dn
+        exact += lo[t + k] == c[t] - dn
+        break
+      if hi[t + k] >= c[t] + up:
+        lab[t], off[t], exit_ticks[t] = 2, k, c[t] + up
+        exact += hi[t + k] == c[t] + up
+        break
+  return lab, off, exit_ticks, exact
+
+
+@pytest.mark.parametrize("tick", [0.2, 0.01, 0.00005, 1, 5])
+@pytest.mark.parametrize("units", ["ticks", "price", "return"])
+def test_exact_touches_on_a_tick_grid_count(tick, units):
+  horizon, n = 8, 1500
+  if units == "return":
+    # 1 % / 2 % of a close that is a multiple of 100 ticks is a whole number of ticks.
+    tp, sl, coarse = 0.01, 0.02, 100
+    dists = lambda c: (c // 100, c // 50)
+  else:
+    coarse = 1
+    dists = lambda c: (np.full_like(c, 3), np.full_like(c, 2))
+    tp, sl = (3, 2) if units == "ticks" else (float(_on_grid([3], tick)[0]),
+                                              float(_on_grid([2], tick)[0]))
+  ticks, (close, high, low) = _grid_bars(7, tick, n, dists, coarse)
+  want_lab, want_off, exit_ticks, exact = _reference_ticks(*ticks, horizon, dists)
+  assert exact > 100  # Many exact touches, so a missed one cannot hide.
+  lab, ret, off = labels.triple_barrier_labels(
+      close, high, low, horizon, tp, sl, units=units,
+      tick_size=tick if units == "ticks" else None, binary=False)
+  np.testing.assert_array_equal(lab, want_lab)
+  np.testing.assert_array_equal(off, want_off)
+  known = want_lab >= 0
+  np.testing.assert_allclose(ret[known], exit_ticks[known] / ticks[0][known] - 1,
+                             rtol=0, atol=1e-12)

@@ -69,7 +69,7 @@ def test_other_label_kinds_flow_into_the_splits(ds, tmp_path, kind, classes):
   val = built.splits["val"]
   probs = np.random.default_rng(0).dirichlet(np.ones(classes), size=len(val))
   threshold = verdict.choose_threshold(val.labels, probs, 0.001)
-  val_verdict = verdict.split_verdict(val.labels, probs, threshold, 0.001)
+  val_verdict = verdict.split_verdict(val.labels, probs, threshold, 0.001, 0.9)
   np.testing.assert_allclose(val_verdict["prior"], (val.labels == classes - 1).mean())
   assert ("multiclass" in val_verdict) == (classes == 3)
 

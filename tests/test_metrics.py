@@ -1,7 +1,6 @@
 """Tests for jaxquant.metrics, using scikit-learn as the reference."""
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -239,14 +238,28 @@ def test_public_helpers():
 
 
 
-def test_best_f1_is_fast_on_a_million():
+def test_best_f1_on_a_million_beats_neighbours_and_quantiles():
+  """At scale (1e6 scores, ties from rounding): the chosen threshold's F1, counted
+  directly, is the one returned and at least that of its two neighbouring score
+  values and of 40 admissible quantile thresholds. (Its speed is measured by
+  benchmarks/metrics_speed.py, not asserted in a test.)"""
   rng = np.random.default_rng(0)
   y = (rng.random(1_000_000) < 0.07).astype(int)
-  s = rng.random(1_000_000) + 0.3 * y
-  start = time.perf_counter()
+  s = np.round(rng.random(1_000_000) + 0.3 * y, 4)
   t, f1 = M.best_f1_threshold(y, s, min_rate=0.001)
-  assert time.perf_counter() - start < 1.5  # typically ~0.15 s; loose for shared CI cores
-  assert 0 < f1 < 1 and 0.001 <= (s >= t).mean() < 1
+
+  def direct_f1(thr):
+    pred = s >= thr
+    tp = int(np.sum(pred & (y == 1)))
+    return 2 * tp / (int(pred.sum()) + int(y.sum()))
+  assert 0.001 <= (s >= t).mean() <= 0.999
+  assert f1 == pytest.approx(direct_f1(t), rel=1e-12)
+  values = np.unique(s)
+  at = np.searchsorted(values, t)
+  others = np.quantile(s, np.linspace(0.002, 0.998, 40), method="lower")
+  for q in np.concatenate([values[[at - 1, at + 1]], others]):
+    if 0.001 <= (s >= q).mean() <= 0.999:
+      assert direct_f1(q) <= f1 + 1e-12, q
 
 
 # ------------------------------------------------------------------ multiclass

@@ -84,3 +84,35 @@ def test_two_processes_train_together_like_one(tmp_path):
     assert here[split]["confusion"] == rs[split]["confusion"]
     np.testing.assert_allclose(here[split]["roc_auc"], rs[split]["roc_auc"], rtol=1e-5)
 
+
+
+def test_restore_mesh_fits_the_devices_here():
+  import jax
+  import ml_collections
+  from jaxquant import parallel
+  assert jax.device_count() == 1
+  saved = ml_collections.ConfigDict({"data": -1, "expert": 2})  # Trained on 8 devices.
+  with pytest.raises(ValueError, match="does not cover the 1 devices"):
+    parallel.make_mesh(saved)
+  assert dict(parallel.restore_mesh(saved).shape) == {"data": 1, "expert": 1}
+  here = ml_collections.ConfigDict({"data": -1, "expert": 1})
+  assert dict(parallel.restore_mesh(here).shape) == dict(parallel.make_mesh(here).shape)
+
+
+def test_a_run_saved_with_experts_over_two_devices_evaluates_on_one(tmp_path):
+  """Restore on any device count: the saved mesh (mesh.expert=2) does not fit one device,
+  and evaluation uses the devices there are."""
+  from jaxquant import evaluate
+  import jax
+  workdir = tmp_path / "moe"
+  _wait(_run(["train_moe", str(workdir), str(tmp_path / "data")], devices=8))
+  saved = json.load(open(workdir / "report.json"))
+  assert json.load(open(workdir / "config.json"))["mesh"]["expert"] == 2
+  assert jax.device_count() == 1
+  here = evaluate.evaluate(str(workdir))
+  assert here["best_step"] == saved["best_step"]
+  for split in ("val", "test"):
+    assert here[split]["confusion"] == saved[split]["confusion"], split
+    for key in ("roc_auc", "f1", "precision", "recall"):
+      np.testing.assert_allclose(here[split][key], saved[split][key], rtol=1e-5, atol=1e-7,
+                                 err_msg=f"{split}.{key}")

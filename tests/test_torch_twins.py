@@ -21,6 +21,15 @@ from jaxquant import state as state_lib
 NUM_FEATURES = 6
 WINDOW = 21  # Not a multiple of the plane width: exercises the planes' padding.
 MODELS = ("gru", "lstm", "resnet", "transformer", "moe")
+# The attention models: radius 4 → blocks of 8 (attention.default_block_size), and
+# T = 37 > 3 blocks → 5 blocks, the last one 3 positions padded: the blockwise band
+# (previous/current/next block) runs and masks most of T×T, against the twin's dense
+# band mask. (At T = 21 with the quick radius 20 nothing is masked and it is one block.)
+ATTENTION_WINDOW, ATTENTION_RADIUS = 37, 4
+
+
+def _window(name):
+  return ATTENTION_WINDOW if name in ("transformer", "moe") else WINDOW
 
 
 def _config(name):
@@ -28,7 +37,9 @@ def _config(name):
             "moe": moe}[name]
   c = module.get_config("quick")
   assert c.model.name == name
-  c.data.window = WINDOW
+  c.data.window = _window(name)
+  if name in ("transformer", "moe"):
+    c.model.attention_radius = ATTENTION_RADIUS
   if name in ("gru", "lstm"):
     c.model.num_layers = 2  # Two layers: the inter-layer dropout and input sizes.
     c.model.hidden = 16
@@ -44,7 +55,7 @@ def _flax_variables(config, seed=0):
   model = state_lib.make_model(config, 2)
   shapes = jax.eval_shape(
       lambda k: model.init({"params": k, "dropout": k},
-                           jnp.zeros((1, WINDOW, NUM_FEATURES)), train=False),
+                           jnp.zeros((1, config.data.window, NUM_FEATURES)), train=False),
       jax.random.key(0))
   rng = np.random.default_rng(seed)
   variables = jax.tree.map(
@@ -53,6 +64,15 @@ def _flax_variables(config, seed=0):
     variables["batch_stats"] = jax.tree.map(lambda a: np.abs(a) + 0.5,
                                             variables["batch_stats"])
   return model, variables
+
+
+def test_attention_configs_run_several_blocks_with_the_band_active():
+  from jaxquant.models.attention import default_block_size
+  for name in ("transformer", "moe"):
+    c = _config(name)
+    t, w = c.data.window, c.model.attention_radius
+    blocks = -(-t // default_block_size(t, w))
+    assert blocks >= 3 and 2 * w + 1 < t, (name, t, w, blocks)
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -84,7 +104,7 @@ def test_quick_configs_as_is_match(name):
 def test_same_outputs_from_same_weights(name):
   config = _config(name)
   model, variables = _flax_variables(config)
-  x = np.random.default_rng(1).normal(size=(3, WINDOW, NUM_FEATURES)).astype(np.float32)
+  x = np.random.default_rng(1).normal(size=(3, _window(name), NUM_FEATURES)).astype(np.float32)
   apply = jax.jit(lambda v, x: model.apply(v, x, train=False),
                   compiler_options={"xla_backend_optimization_level": 0})
   expected = apply(variables, x)
@@ -107,7 +127,7 @@ def test_torch_train_step_runs(name):
   torch.manual_seed(0)
   twin = torch_reference.build_torch_model(config, 2, NUM_FEATURES)
   step = torch_reference.make_torch_train_step(twin, config, [0.5, 7.0])
-  x = torch.randn(8, WINDOW, NUM_FEATURES)
+  x = torch.randn(8, _window(name), NUM_FEATURES)
   y = torch.tensor([1, 0, 0, 0, 1, 0, 0, 0])
   r = torch.zeros(8)
   before = [p.detach().clone() for p in twin.parameters()]
@@ -121,7 +141,7 @@ def test_bfloat16_autocast_step_tracks_float32(name):
   """The benchmark's bf16 step (torch.autocast) trains the same model: from the same
   weights, one step's loss and parameter updates agree with float32 to bf16 accuracy."""
   config = _config(name)
-  x = torch.randn(8, WINDOW, NUM_FEATURES, generator=torch.Generator().manual_seed(1))
+  x = torch.randn(8, _window(name), NUM_FEATURES, generator=torch.Generator().manual_seed(1))
   y = torch.tensor([1, 0, 0, 0, 1, 0, 0, 0])
   results = {}
   for dtype in (None, torch.bfloat16):

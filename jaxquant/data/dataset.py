@@ -23,10 +23,16 @@ class Split:
   name: str
   ends: np.ndarray          # Row of the window's last bar in Dataset.features.
   labels: np.ndarray        # int32 class.
-  fwd_returns: np.ndarray   # float64 forward return over the horizon.
+  # float64 return of the trade the label describes: close_t → close_{t+h} for
+  # binary / three_class, close_t → the barrier exit for triple_barrier (what the
+  # trading sweep books, the regression head fits and profit_loss weighs).
+  fwd_returns: np.ndarray
   instrument: np.ndarray    # int32 index into Dataset.instruments.
   timestamps: np.ndarray    # int64 ns of the window's last bar.
   signal_class: int = 1     # labels.signal_class of the run's classes.
+  # int32 bars from t to the trade's exit: the barrier's exit_offset for
+  # triple_barrier, the horizon for the other kinds; -1 where the label is unknown.
+  exit_offsets: np.ndarray = None
 
   def __len__(self):
     return len(self.ends)
@@ -54,6 +60,7 @@ class Dataset:
   window: int
   horizon: int
   num_classes: int = 2
+  cuts: dict = None         # {"val_start", "test_start"}: int64 ns shared by all instruments.
 
   @property
   def num_features(self):
@@ -66,11 +73,14 @@ class Dataset:
     return self.features[rows]
 
   def summary(self):
-    return {"instruments": list(self.instruments), "window": self.window,
-            "horizon": self.horizon, "num_features": self.num_features,
-            "feature_names": list(features_lib.FEATURE_NAMES),
-            "bars": int(self.features.shape[0]),
-            "splits": {n: s.summary() for n, s in self.splits.items()}}
+    out = {"instruments": list(self.instruments), "window": self.window,
+           "horizon": self.horizon, "num_features": self.num_features,
+           "feature_names": list(features_lib.FEATURE_NAMES),
+           "bars": int(self.features.shape[0]),
+           "splits": {n: s.summary() for n, s in self.splits.items()}}
+    if self.cuts is not None:
+      out["cuts"] = {k: _iso(v) for k, v in self.cuts.items()}
+    return out
 
 
 def _iso(ns):
@@ -135,8 +145,8 @@ def label_config(data_config):
 
 
 def _load_series(data_config, data_dir):
-  """Per instrument: (name, timestamps, features [n, F], labels [n], forward returns [n]),
-  and the number of classes."""
+  """Per instrument: (name, timestamps, features [n, F], labels [n], trade returns [n],
+  exit offsets [n]), and the number of classes."""
   out, num_classes = [], 2
   for name, ts, bars in shards.load_dir(data_dir):
     try:
@@ -144,22 +154,35 @@ def _load_series(data_config, data_dir):
     except ValueError as e:
       raise ValueError(str(e).replace("config.data.kind", "config.data.label_kind")) from None
     num_classes = lab["num_classes"]
-    out.append((name, ts, features_lib.bar_features(bars), lab["labels"], lab["fwd_return"]))
+    if "exit_return" in lab:
+      # Triple barrier: the trade exits at the barrier (or the time limit), so the
+      # split's return is the exit return, not the plain horizon return.
+      ret, off = lab["exit_return"], lab["exit_offset"]
+    else:
+      ret = lab["fwd_return"]
+      off = np.where(lab["labels"] >= 0, data_config.horizon, -1).astype(np.int32)
+    out.append((name, ts, features_lib.bar_features(bars), lab["labels"], ret, off))
   return out, num_classes
 
 
+_COLUMNS = ("ends", "labels", "fwd_returns", "instrument", "timestamps", "exit_offsets")
+
+
 def _make_split(name, parts, num_classes):
-  cols = [np.concatenate(c) for c in zip(*parts)]
-  return Split(name, *cols, signal_class=labels_lib.signal_class(num_classes))
+  cols = {k: np.concatenate(c) for k, c in zip(_COLUMNS, zip(*parts))}
+  return Split(name, **cols, signal_class=labels_lib.signal_class(num_classes))
 
 
-def _samples(offset, t, labels, fwd, ts, inst_id):
-  return (offset + t, labels[t].astype(np.int32), fwd[t], np.full(len(t), inst_id, np.int32),
-          ts[t])
+def _samples(offset, t, labels, ret, off, ts, inst_id):
+  return (offset + t, labels[t].astype(np.int32), ret[t], np.full(len(t), inst_id, np.int32),
+          ts[t], off[t])
 
 
 def build_dataset(data_config, data_dir, normalizer=None):
   """Loads shards, computes features and labels and splits them in time.
+
+  All instruments are cut at the same two timestamps (splits.calendar_segments);
+  each keeps the windows whose footprint lies inside its own share of a period.
 
   Args:
     data_config: config.data.
@@ -168,33 +191,46 @@ def build_dataset(data_config, data_dir, normalizer=None):
       training split of this data.
 
   Returns:
-    A Dataset with splits train / val / test.
+    A Dataset with splits train / val / test and the cut timestamps.
+
+  Raises:
+    ValueError: a split has no window in any instrument.
   """
   T, h = data_config.window, data_config.horizon
   feats, parts, names, train_rows, offset = [], {n: [] for n in splits_lib.SPLITS}, [], [], 0
   series, num_classes = _load_series(data_config, data_dir)
-  for inst_id, (name, ts, f, labels, fwd) in enumerate(series):
+  # One calendar for all instruments: train / val / test cut at common timestamps.
+  all_segs, cuts = splits_lib.calendar_segments(
+      [s[1] for s in series], data_config.val_fraction, data_config.test_fraction,
+      data_config.embargo)
+  for inst_id, ((name, ts, f, labels, ret, off), segs) in enumerate(zip(series, all_segs)):
     names.append(name)
-    segs = splits_lib.segments(len(f), data_config.val_fraction,
-                               data_config.test_fraction, data_config.embargo)
     for split in splits_lib.SPLITS:
       t = splits_lib.window_ends(segs[split], T, h)
-      parts[split].append(_samples(offset, t, labels, fwd, ts, inst_id))
-    train_rows.append(offset + np.arange(*segs["train"]))
+      parts[split].append(_samples(offset, t, labels, ret, off, ts, inst_id))
+    train_rows.append(offset + np.arange(*segs["train"]))  # Bars before the first cut.
     feats.append(f)
     offset += len(f)
+  split_objs = {split: _make_split(split, p, num_classes) for split, p in parts.items()}
+  for split, s in split_objs.items():
+    # An instrument may have no bars in a period; only a split empty everywhere fails.
+    if len(s) == 0:
+      period = {"train": f"before {_iso(cuts['val_start'])}",
+                "val": f"from {_iso(cuts['val_start'])} to {_iso(cuts['test_start'])}",
+                "test": f"from {_iso(cuts['test_start'])}"}[split]
+      most = max(g[split][1] - g[split][0] for g in all_segs)
+      raise ValueError(
+          f"no {split} windows: a window needs config.data.window={T} + horizon={h} + 1 "
+          f"bars of one instrument inside the {split} period ({period}; cut at the same "
+          f"timestamps for all instruments, embargo={data_config.embargo} bars dropped "
+          f"after each cut), and no instrument of {data_dir} has more than {most} there "
+          "(use a smaller window, other val_fraction / test_fraction, or more data)")
   features = np.concatenate(feats)
   if normalizer is None:
     normalizer = features_lib.fit_normalizer(features, np.concatenate(train_rows))
-  split_objs = {split: _make_split(split, p, num_classes) for split, p in parts.items()}
-  for split, s in split_objs.items():
-    if len(s) == 0:
-      raise ValueError(f"no {split} windows: {data_dir} has too few bars per instrument "
-                       f"for config.data.window={T} + horizon={h} in the {split} share of the "
-                       "bars (use a smaller window or more data)")
   return Dataset(features=features_lib.normalize(features, normalizer), splits=split_objs,
                  instruments=names, normalizer=normalizer, window=T, horizon=h,
-                 num_classes=num_classes)
+                 num_classes=num_classes, cuts=cuts)
 
 
 def build_inference_set(data_config, data_dir, normalizer, labelled_only=False):
@@ -207,11 +243,11 @@ def build_inference_set(data_config, data_dir, normalizer, labelled_only=False):
   T, h = data_config.window, data_config.horizon
   feats, parts, names, offset = [], [], [], 0
   series, num_classes = _load_series(data_config, data_dir)
-  for inst_id, (name, ts, f, labels, fwd) in enumerate(series):
+  for inst_id, (name, ts, f, labels, ret, off) in enumerate(series):
     names.append(name)
     last = len(f) - 1 - (h if labelled_only else 0)
     t = np.arange(T, last + 1, dtype=np.int64)
-    parts.append(_samples(offset, t, labels, fwd, ts, inst_id))
+    parts.append(_samples(offset, t, labels, ret, off, ts, inst_id))
     feats.append(f)
     offset += len(f)
   split = _make_split("all", parts, num_classes)

@@ -18,6 +18,15 @@ BARRIER_UNITS = ("return", "price", "ticks")
 # Bars columns as in shards.BAR_COLUMNS: open, high, low, close, volume, open_interest.
 _HIGH, _LOW, _CLOSE = 1, 2, 3
 
+# A bar touches a barrier it reaches to within this much (relative to the barrier
+# price; for units "ticks" also within _TICK_TOL of a tick). Barrier prices carry
+# float rounding (1.1 + 3 * 0.1 = 1.4000000000000001 > 1.4, a few 1e-16 relative),
+# so an exact comparison misses a bar that trades at the barrier; real ticks are
+# far coarser (>= ~1e-8 of the price: 0.01 on 600,000), so no bar one tick short of
+# the barrier is ever taken for a touch.
+_REL_TOL = 1e-10
+_TICK_TOL = 1e-6
+
 # Rows of t per chunk of the triple-barrier scan: each chunk holds two [rows, horizon]
 # boolean masks plus a few [rows] vectors, so memory stays ~ 2 * _CHUNK_ELEMENTS bytes.
 _CHUNK_ELEMENTS = 1 << 22
@@ -28,6 +37,19 @@ def signal_class(num_classes):
   """The class a trader acts on, the one concept of "positive" everywhere: the
   highest class — 1 of two, "up" of down/flat/up, take-profit of stop/time/take."""
   return int(num_classes) - 1
+
+
+def class_count(label_config):
+  """How many classes the labels of `label_config` (keys as make_labels reads them) have:
+  binary 2, three_class 3, triple_barrier 2 with barrier_binary (the default), else 3.
+  Known before any data is read, so the config check can size per-class settings."""
+  kind = _lookup(label_config, "kind")
+  if kind == "three_class":
+    return 3
+  if kind == "triple_barrier":
+    return 2 if _lookup(label_config, "barrier_binary") in (True, _MISSING) else 3
+  return 2  # "binary", also when kind is absent.
+
 
 def forward_return(close, horizon):
   """Simple return from bar t's close to bar t+horizon's close.
@@ -82,13 +104,23 @@ def _barriers(close, take_profit, stop_loss, units, tick_size):
   return close + take_profit * tick_size, close - stop_loss * tick_size  # "ticks"
 
 
+def _touch_tolerance(barrier, units, tick_size):
+  """How far short of `barrier` a high (or beyond it a low) still touches it."""
+  tol = _REL_TOL * np.abs(barrier)
+  if units == "ticks":
+    tol = np.maximum(tol, _TICK_TOL * tick_size)
+  return tol
+
+
 def triple_barrier_labels(close, high, low, horizon, take_profit, stop_loss,
                           units="return", tick_size=None, binary=True):
   """Triple-barrier labels: which of take-profit, stop-loss or time limit comes first.
 
   For every bar t (entry at close_t) the bars t+1 .. t+horizon are walked in
   order. The upper barrier is touched at bar t+k when high_{t+k} >= upper_t,
-  the lower one when low_{t+k} <= lower_t:
+  the lower one when low_{t+k} <= lower_t, both up to a rounding tolerance
+  (1e-10 of the barrier price, and 1e-6 tick for units "ticks"), so that on a
+  tick grid a bar that trades exactly at the barrier touches it:
 
     units "return": upper = close_t * (1 + take_profit), lower = close_t * (1 - stop_loss)
     units "price":  upper = close_t + take_profit,       lower = close_t - stop_loss
@@ -148,6 +180,9 @@ def triple_barrier_labels(close, high, low, horizon, take_profit, stop_loss,
     return labels, exit_return, exit_offset
 
   upper, lower = _barriers(close[:m], take_profit, stop_loss, units, tick_size)
+  # Shift the compared levels by the tolerance; exits still fill at the barriers.
+  upper_touch = upper - _touch_tolerance(upper, units, tick_size)
+  lower_touch = lower + _touch_tolerance(lower, units, tick_size)
   # Row t of these views is bars t+1 .. t+horizon (views: nothing is copied).
   # E.g. horizon 3: fut_high[0] = high[1:4], fut_high[m-1] = high[m:m+3] = high[n-3:n].
   fut_high = sliding_window_view(high[1:], horizon)
@@ -156,8 +191,8 @@ def triple_barrier_labels(close, high, low, horizon, take_profit, stop_loss,
   no_touch = horizon + 1  # Sentinel offset index: "never touched" sorts after every bar.
   for a in range(0, m, chunk):
     b = min(a + chunk, m)
-    hit_up = fut_high[a:b] >= upper[a:b, None]
-    hit_dn = fut_low[a:b] <= lower[a:b, None]
+    hit_up = fut_high[a:b] >= upper_touch[a:b, None]
+    hit_dn = fut_low[a:b] <= lower_touch[a:b, None]
     # argmax of a boolean row = first True; a row with no True gives 0, hence the any().
     k_up = np.where(hit_up.any(axis=1), hit_up.argmax(axis=1), no_touch)
     k_dn = np.where(hit_dn.any(axis=1), hit_dn.argmax(axis=1), no_touch)
