@@ -2,6 +2,8 @@
 
     python benchmarks/soak.py                      # 12 kill trials + 300 corrupt inputs
     python benchmarks/soak.py --kills=4 --corruptions=60 --out=   # quicker, no docs update
+    python benchmarks/soak.py --kills=0 --corruptions=0 --bit_flips=3 --disk_full=1 \
+        --concurrent=1 --term_startup=1 --term_eval=1 --out=   # each hostile trial once
 
 Part 1, kills. A tiny GRU run (2 instruments x 6 days, T=16, 3 epochs of batch
 32) is trained once uninterrupted as the reference. Each trial then runs the same
@@ -29,9 +31,25 @@ identical: should never happen, every byte is checksummed) or a hang. A few copi
 also go through the command line (`python -m jaxquant.main`), which must exit
 non-zero with one `error:` line and no traceback.
 
+Part 3, hostile conditions (one row each, every trial re-run or checked to the end):
+- bit flips in a checkpoint: copies of the reference run's best checkpoint get one random
+  bit flipped in one of its files; restoring that step (`CheckpointStore.restore`) must
+  fail with a one-line message naming the step and the file ("detected"); every
+  (--cli_every / 2)-th copy also goes through `--mode=eval --step=N`, which must exit
+  non-zero with one `error:` line naming them, and no traceback.
+- disk full with TensorBoard on: the run under a file-size limit (RLIMIT_FSIZE, a random
+  size; writes then fail with EFBIG, as on a full disk) must end, non-zero, with one
+  `error:` line saying so and no traceback, not hang; "limit not reached" when it finished.
+- two runs on one workdir: a second run started while the first trains must be refused
+  with one `error:` line; the first must finish identical to the reference.
+- SIGTERM during start-up (before training starts) and during the final evaluation: the
+  run must exit with one line naming SIGTERM and no traceback; the same command again
+  must finish identical to the reference.
+
 The table goes to stdout and, with --out (default docs/robustness.md), into that
-file's "## Soak" section. Last line: `identical=<a>/<b> clear_errors=<c>/<d> hangs=<e>`
-(b: every trial but the "not interrupted" ones).
+file's "## Soak" section. Last line: `identical=<a>/<b> clear_errors=<c>/<d> hangs=<e> hostile=<f>/<g>`
+(b: every trial but the "not interrupted" ones; f/g: hostile trials that behaved, of those
+that tested something: "limit not reached" and "had finished" are left out).
 """
 
 import argparse
@@ -308,7 +326,265 @@ def _cli_check(data_dir, root):
   return "one line"
 
 
-def to_markdown(kills, ref_seconds, corruptions, command, seconds, load):
+def _verdict(code, stderr):
+  """'one line' when a run failed with exactly one `error:` line and no traceback."""
+  errors = [l for l in stderr.splitlines() if l.startswith("error: ")]
+  if code == 0:
+    return "exit 0"
+  if "Traceback" in stderr:
+    return "traceback"
+  return "one line" if len(errors) == 1 else f"{len(errors)} error lines"
+
+
+def _error_line(stderr):
+  return next((l for l in stderr.splitlines() if l.startswith("error: ")), "")
+
+
+def _with_alarm(fn, seconds=60):
+  """fn() under an alarm: raises _Alarm when it runs past `seconds`."""
+  def on_alarm(*_):
+    raise _Alarm()
+  old = signal.signal(signal.SIGALRM, on_alarm)
+  signal.alarm(seconds)
+  try:
+    return fn()
+  finally:
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+def bit_flip_trials(n, root, ref_dir, rng, cli_every=10, log=print):
+  """Part 3: one bit flipped in one file of the best checkpoint, per copy of the run."""
+  from jaxquant import checkpoints as checkpoints_lib
+  step = json.load(open(os.path.join(ref_dir, "report.json")))["best_step"]
+  rows = []
+  for i in range(n):
+    copy = os.path.join(root, f"flip{i}")
+    shutil.copytree(ref_dir, copy)
+    step_dir = os.path.join(copy, "checkpoints", str(step))
+    files = sorted(os.path.relpath(os.path.join(d, f), step_dir)
+                   for d, _, fs in os.walk(step_dir) for f in fs
+                   if os.path.getsize(os.path.join(d, f)))
+    rel = rng.choice(files)  # Each file as likely as any other: small metadata files too.
+    path = os.path.join(step_dir, rel)
+    data = bytearray(open(path, "rb").read())
+    bit = rng.randrange(len(data) * 8)
+    data[bit // 8] ^= 1 << (bit % 8)
+    with open(path, "wb") as f:
+      f.write(bytes(data))
+    store = checkpoints_lib.CheckpointStore(os.path.join(copy, "checkpoints"))
+    message = ""
+    try:
+      _with_alarm(lambda: store.restore(step, None))
+      outcome = "UNDETECTED (restored)"
+    except _Alarm:
+      outcome = "HANG"
+    except Exception as e:  # Whatever it raises must name the step and the file.
+      message = f"{type(e).__name__}: {e}"
+      one = "\n" not in str(e).strip()
+      outcome = ("detected" if one and f"step {step}" in message and rel in message
+                 else "UNCLEAR (step or file not named, or several lines)")
+    finally:
+      try:
+        store.close()
+      except Exception:  # Closing after a failed restore: not what is measured.
+        pass
+    cli = ""
+    if cli_every and i % cli_every == 0:
+      try:
+        p = subprocess.run([sys.executable, "-m", "jaxquant.main", "--mode=eval",
+                            f"--workdir={copy}", f"--step={step}"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=300)
+        cli, line = _verdict(p.returncode, p.stderr), _error_line(p.stderr)
+        if cli == "one line" and not (f"step {step}" in line and rel in line):
+          cli = f"error line names not the step and the file: {line[:160]}"
+      except subprocess.TimeoutExpired:
+        cli = "hang"
+      if cli != "one line":
+        outcome = f"UNCLEAR (command line: {cli})"
+    rows.append({"kind": "bit_flip", "what": f"{rel} bit {bit}", "outcome": outcome,
+                 "message": message.strip().splitlines()[0][:200] if message else ""})
+    if outcome != "detected":
+      log(f"bit flip {i}: {rel} bit {bit} → {outcome} {message[:200]}")
+    shutil.rmtree(copy, ignore_errors=True)
+  return rows
+
+
+# Sets RLIMIT_FSIZE and execs the command (no preexec_fn: this process runs JAX threads).
+_FSIZE_LIMITED = ("import os, resource, sys; n = int(sys.argv[1]); "
+                  "resource.setrlimit(resource.RLIMIT_FSIZE, (n, n)); "
+                  "os.execv(sys.argv[2], sys.argv[2:])")
+
+
+def disk_full_trials(n, root, data, rng, timeout=300, log=print):
+  """Part 3: training with TensorBoard on under a file-size limit of a random size."""
+  rows = []
+  for i in range(n):
+    workdir = os.path.join(root, f"full{i}")
+    size = int(2 ** rng.uniform(10, 17))  # 1 .. 128 KiB per file (the run's largest: more).
+    cmd = run_command(workdir, data, "--config.eval.tensorboard=true")
+    message = ""
+    try:
+      p = subprocess.run([sys.executable, "-c", _FSIZE_LIMITED, str(size), *cmd], cwd=ROOT,
+                         capture_output=True, text=True, timeout=timeout)
+      verdict, message = _verdict(p.returncode, p.stderr), _error_line(p.stderr)
+      if p.returncode == 0:
+        outcome = "limit not reached"
+      elif verdict == "one line" and any(w in message.lower() for w in ("disk", "space", "size")):
+        outcome = "clear error"
+      else:
+        outcome = f"UNCLEAR ({verdict}, exit {p.returncode})"
+        message = message or p.stderr.strip()[-200:]
+    except subprocess.TimeoutExpired:
+      outcome = "HANG"
+    rows.append({"kind": "disk_full", "what": f"file size limit {size:,} bytes",
+                 "outcome": outcome, "message": message[:200]})
+    log(f"disk full {i}: limit {size:,} B → {outcome} {message[:200]}")
+    shutil.rmtree(workdir, ignore_errors=True)
+  return rows
+
+
+def _until(proc, prefixes):
+  """Lines of `proc` up to and including the first that starts with one of `prefixes`."""
+  lines = []
+  for line in proc.stdout:
+    lines.append(line)
+    if line.startswith(prefixes):
+      break
+  return lines
+
+
+def concurrent_trials(n, root, data, expected, timeout=300, log=print):
+  """Part 3: a second run on the workdir of a run that is training."""
+  rows = []
+  for i in range(n):
+    workdir = os.path.join(root, f"twice{i}")
+    cmd = run_command(workdir, data)
+    first = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                             text=True)
+    message = ""
+    try:
+      _until(first, ("Model ",))
+      second = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+      verdict, message = _verdict(second.returncode, second.stderr), _error_line(second.stderr)
+      first.stdout.read()
+      first.wait(timeout=timeout)
+      same = first.returncode == 0 and results(workdir) == expected
+      if verdict != "one line":
+        outcome = f"NOT REFUSED ({verdict})"
+      else:
+        outcome = "refused" + ("" if same else "; FIRST RUN DIFFERENT or failed")
+    except subprocess.TimeoutExpired:
+      outcome = "HANG"
+    finally:
+      if first.poll() is None:
+        first.kill()
+        first.wait()
+    rows.append({"kind": "concurrent", "what": "second run while the first trains",
+                 "outcome": outcome, "message": message[:200]})
+    log(f"concurrent {i}: → {outcome} {message[:200]}")
+    shutil.rmtree(workdir, ignore_errors=True)
+  return rows
+
+
+# Lines after which a signal lands in start-up (before the training loop) or in the final
+# evaluation ("== <run>: checkpoint of epoch ..." opens the report).
+TERM_AFTER = {"term_startup": ("Workdir: ", "Data ", "Model "), "term_eval": ("== ",)}
+
+
+def term_trials(kind, n, root, data, expected, rng, timeout=300, log=print):
+  """Part 3: SIGTERM at a random point of start-up or of the final evaluation, then the
+  same command to the end."""
+  rows = []
+  for i in range(n):
+    workdir = os.path.join(root, f"{kind}{i}")
+    cmd = run_command(workdir, data)
+    after = rng.choice(TERM_AFTER[kind][:2] if kind == "term_startup" else TERM_AFTER[kind])
+    delay = rng.uniform(0.0, 0.5)
+    err_path = os.path.join(root, f"{kind}{i}.err")
+    message, proc = "", None
+    try:
+      with open(err_path, "w") as err:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True)
+        out = "".join(_until(proc, (after,)))
+        time.sleep(delay)
+        if proc.poll() is None:
+          proc.send_signal(signal.SIGTERM)
+        out += proc.stdout.read()
+        proc.wait(timeout=timeout)
+      stderr = open(err_path).read()
+      said = [l for l in (out + stderr).splitlines() if "SIGTERM" in l]
+      message = said[0] if said else ""
+      if "saved a checkpoint" in out or (proc.returncode == 0 and not said):
+        outcome = "missed (training, or had finished)"
+      elif "Traceback" in stderr or len(said) != 1:
+        outcome = f"NOT ONE LINE (exit {proc.returncode}, {len(said)} SIGTERM lines" + (
+            ", traceback)" if "Traceback" in stderr else ")")
+        message = message or stderr.strip()[-200:]
+      else:
+        outcome = f"one line (exit {proc.returncode})"
+      _finish(cmd, timeout)
+      if results(workdir) != expected:
+        outcome += "; re-run DIFFERENT"
+      else:
+        outcome += "; re-run identical"
+    except subprocess.TimeoutExpired:
+      outcome = "HANG"
+    except Exception as e:  # Reported in the table, not raised: a soak counts failures.
+      outcome = f"FAILED: {str(e)[:200]}"
+    finally:
+      if proc is not None and proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    rows.append({"kind": kind, "what": f"after '{after.strip()}' +{delay:.2f}s",
+                 "outcome": outcome, "message": message[:200]})
+    log(f"{kind} {i}: after {after.strip()!r} +{delay:.2f}s → {outcome} {message[:200]}")
+    shutil.rmtree(workdir, ignore_errors=True)
+  return rows
+
+
+HOSTILE_GOOD = {"bit_flip": "detected", "disk_full": "clear error", "concurrent": "refused",
+                "term_startup": "one line", "term_eval": "one line"}
+HOSTILE_UNTESTED = ("limit not reached", "missed")
+HOSTILE_TITLES = {"bit_flip": "bit flip in the best checkpoint",
+                  "disk_full": "disk full (file-size limit), TensorBoard on",
+                  "concurrent": "second run on a training workdir",
+                  "term_startup": "SIGTERM during start-up",
+                  "term_eval": "SIGTERM during the final evaluation"}
+
+
+def hostile_counts(rows):
+  """(behaved, tested): rows whose outcome is the good one (and, for SIGTERM, whose re-run
+  was identical), of those that tested something."""
+  tested = [r for r in rows if not r["outcome"].startswith(HOSTILE_UNTESTED)]
+  good = [r for r in tested if r["outcome"].startswith(HOSTILE_GOOD[r["kind"]])
+          and "DIFFERENT" not in r["outcome"]]
+  return len(good), len(tested)
+
+
+def hostile_markdown(rows):
+  lines = [f"### Hostile conditions ({len(rows)} trials)", "",
+           "| condition | tried | behaved | not tested | outcomes |", "|---|---:|---:|---:|---|"]
+  for kind, title in HOSTILE_TITLES.items():
+    rs = [r for r in rows if r["kind"] == kind]
+    if not rs:
+      continue
+    good, tested = hostile_counts(rs)
+    outcomes = {}
+    for r in rs:
+      outcomes[r["outcome"]] = outcomes.get(r["outcome"], 0) + 1
+    lines.append(f"| {title} | {len(rs)} | {good} | {len(rs) - tested} | "
+                 + "; ".join(f"{k} ×{v}" for k, v in outcomes.items()) + " |")
+  examples = {}
+  for r in rows:
+    if r["message"] and r["kind"] not in examples:
+      examples[r["kind"]] = r["message"]
+  lines += ["", "A message of each kind:", ""]
+  lines += [f"- {HOSTILE_TITLES[k]}: `{m}`" for k, m in examples.items()]
+  return lines
+
+
+def to_markdown(kills, ref_seconds, corruptions, command, seconds, load, hostile=()):
   lines = [f"Command: `{command}` ({seconds:.0f} s). Machine: {platform.machine()}, "
            f"{os.cpu_count()} cores, load average {load[0]:.1f} at the start, "
            f"{load[1]:.1f} at the end.", ""]
@@ -346,6 +622,8 @@ def to_markdown(kills, ref_seconds, corruptions, command, seconds, load):
               f"{len(clis)} exited non-zero with one `error:` line and no traceback.", "",
               "A message of each kind:", ""]
     lines += [f"- {k}: `{m}`" for k, m in examples.items()]
+  if hostile:
+    lines += ([""] if corruptions or kills else []) + hostile_markdown(hostile)
   return "\n".join(lines) + "\n"
 
 
@@ -355,6 +633,15 @@ def main():
   parser.add_argument("--corruptions", type=int, default=300, help="corrupted shard copies")
   parser.add_argument("--cli_every", type=int, default=25,
                       help="also run the command line on every n-th copy (0 = never)")
+  parser.add_argument("--bit_flips", type=int, default=50,
+                      help="copies of the run with one bit flipped in its best checkpoint")
+  parser.add_argument("--disk_full", type=int, default=3,
+                      help="runs with TensorBoard on under a random file-size limit")
+  parser.add_argument("--concurrent", type=int, default=2,
+                      help="second runs started on the workdir of a training run")
+  parser.add_argument("--term_startup", type=int, default=3, help="SIGTERM during start-up")
+  parser.add_argument("--term_eval", type=int, default=3,
+                      help="SIGTERM during the final evaluation")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--out", default=os.path.join(ROOT, "docs", "robustness.md"),
                       help="markdown file whose '## Soak' section is replaced ('' = none)")
@@ -366,13 +653,22 @@ def main():
     # (The reference run also generates the data the corruptions start from.)
     kills, ref_seconds = kill_trials(args.kills, root, rng)
     corruptions = corruption_trials(args.corruptions, root, rng, cli_every=args.cli_every)
+    data, ref_dir = os.path.join(root, "data"), os.path.join(root, "reference")
+    expected = results(ref_dir)
+    hostile = bit_flip_trials(args.bit_flips, root, ref_dir, rng,
+                              cli_every=max(args.cli_every // 2, 1) if args.cli_every else 0)
+    hostile += disk_full_trials(args.disk_full, root, data, rng)
+    hostile += concurrent_trials(args.concurrent, root, data, expected)
+    for kind in ("term_startup", "term_eval"):
+      hostile += term_trials(kind, getattr(args, kind), root, data, expected, rng)
   finally:
     shutil.rmtree(root, ignore_errors=True)
   command = "python benchmarks/soak.py" + "".join(
-      f" --{k}={getattr(args, k)}" for k in ("kills", "corruptions", "seed")
+      f" --{k}={getattr(args, k)}" for k in ("kills", "corruptions", "bit_flips", "disk_full",
+                                             "concurrent", "term_startup", "term_eval", "seed")
       if getattr(args, k) != parser.get_default(k))
   md = to_markdown(kills, ref_seconds, corruptions, command, time.time() - t0,
-                   (load0, os.getloadavg()[0]))
+                   (load0, os.getloadavg()[0]), hostile)
   print(md)
   if args.out:
     from jaxquant import io_utils
@@ -380,8 +676,10 @@ def main():
   hit = [r for r in kills if r["outcome"] != "not interrupted"]
   same = sum(r["outcome"] == "identical" for r in hit)
   clear = sum(r["outcome"].startswith("clear") for r in corruptions)
-  hangs = sum(r["outcome"] == "HANG" for r in kills + corruptions)
-  print(f"identical={same}/{len(hit)} clear_errors={clear}/{len(corruptions)} hangs={hangs}")
+  hangs = sum(r["outcome"] == "HANG" for r in kills + corruptions + hostile)
+  good, tested = hostile_counts(hostile)
+  print(f"identical={same}/{len(hit)} clear_errors={clear}/{len(corruptions)} hangs={hangs} "
+        f"hostile={good}/{tested}")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 Each `python -m jaxquant.<tool>` calls `run(main)`: bad flags, bad config values,
 bad input (ValueError) and a full disk end the process with one `error:` line on
-stderr and no traceback (JAXQUANT_DEBUG=1 keeps the libraries' own output).
+stderr and no traceback (JAXQUANT_DEBUG=1 keeps the libraries' own output), and so
+does SIGTERM/SIGINT outside the phases that save and exit 0 themselves.
 """
 
 import logging as std_logging
@@ -16,6 +17,26 @@ from absl import logging
 
 from jaxquant import host_memory
 from jaxquant import io_utils
+
+
+class Interrupted(BaseException):
+  """SIGTERM/SIGINT where no handler of its own saves a resume point (start-up, an
+  evaluation). A BaseException, as KeyboardInterrupt: `except Exception` in a
+  library must not swallow it."""
+
+  def __init__(self, signame, message=None):
+    super().__init__(message or f"{signame}: stopped before finishing")
+    self.signame = signame
+
+
+def _interrupt(signum, _):
+  raise Interrupted(signal.Signals(signum).name)
+
+
+def catch_interrupts():
+  """SIGTERM/SIGINT raise Interrupted (the training loop swaps in its own handler)."""
+  for sig in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(sig, _interrupt)
 
 
 def one_line(message):
@@ -105,6 +126,7 @@ def _quiet_library_shutdown_noise():
 def setup_process(distributed=True):
   """Once per process, before any JAX work: quiet logs, compile cache, allocator,
   file-size limits reported like a full disk, jax.distributed when launched so."""
+  catch_interrupts()  # First: a signal during the imports below ends in one line too.
   from jaxquant import compile_cache  # JAX loads here, not for the tools that need none.
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
   # A file-size limit (ulimit -f) then fails the write with EFBIG, reported like a
@@ -123,6 +145,8 @@ def _guarded(main, argv):
     return main(argv)
   except ValueError as e:  # ConfigError, IngestError, ShardError, bad runs and data.
     fail(e)
+  except Interrupted as e:  # Nothing saved: exit as a shell reports a signal's kill.
+    fail(e, 128 + getattr(signal, e.signame, signal.SIGTERM))
   except OSError as e:
     if not io_utils.is_disk_full(e):
       raise

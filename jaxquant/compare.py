@@ -76,8 +76,9 @@ def aggregate(rows):
   for key in rows[0]:
     if key.startswith(("val_", "test_")) and key != "test_roc_auc_ci":
       values = np.asarray([r[key] for r in rows], np.float64)
+      # One run has no spread to show: None (— in the table), not a reassuring 0.
       out[key] = {"mean": float(np.nanmean(values)),
-                  "std": float(np.nanstd(values, ddof=1)) if len(values) > 1 else 0.0}
+                  "std": float(np.nanstd(values, ddof=1)) if len(values) > 1 else None}
   return out
 
 
@@ -92,7 +93,8 @@ def to_markdown(table, seeds):
            "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for name, agg in table.items():
     cells = [name, str(agg["runs"]), str(agg["collapsed_runs"]), f"{agg['seconds_mean']:.0f}"]
-    cells += [f"{agg[c]['mean']:.3f} ± {agg[c]['std']:.3f}" for c in cols]
+    cells += [f"{agg[c]['mean']:.3f} ± {agg[c]['std']:.3f}" if agg[c]["std"] is not None
+              else f"{agg[c]['mean']:.3f} ± —" for c in cols]
     cis = agg.get("test_roc_auc_cis") or []
     cells.append(" ".join(f"[{lo:.3f}, {hi:.3f}]" for lo, hi in cis) or "n/a (eval.bootstrap=0)")
     above = agg.get("runs_above_chance")
@@ -148,7 +150,11 @@ def main(argv):
     cli.fail("--configs=A,B,... and --workdir=DIR are required")
   if FLAGS.seeds < 1:
     cli.fail(f"--seeds={FLAGS.seeds} must be >= 1")
-  compare(FLAGS.configs, FLAGS.workdir, FLAGS.seeds, FLAGS.set)
+  from jaxquant import train
+  try:
+    compare(FLAGS.configs, FLAGS.workdir, FLAGS.seeds, FLAGS.set)
+  except train.Preempted:
+    return  # The interrupted run saved its checkpoint and said so: re-run to go on.
 
 
 if __name__ == "__main__":

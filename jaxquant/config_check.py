@@ -12,8 +12,6 @@ from jaxquant import models
 from jaxquant.data import dataset
 from jaxquant.data import labels
 from jaxquant.data import sampling
-from jaxquant.models import resnet
-from jaxquant.models import rnn
 
 
 class ConfigError(ValueError):
@@ -130,12 +128,10 @@ def validate(config):
            "val_fraction + test_fraction must be < 1")
   _require(config.model.name in models.names(), "model.name", config.model.name,
            f"known models: {models.names()}")
-  if config.model.name == "resnet" and "conv_impl" in config.model:
-    _require(config.model.conv_impl in resnet.CONV_IMPLS, "model.conv_impl",
-             config.model.conv_impl, f"use one of {resnet.CONV_IMPLS}")
-  if config.model.name in ("gru", "lstm") and "lstm_impl" in config.model:
-    _require(config.model.lstm_impl in rnn.LSTM_IMPLS, "model.lstm_impl",
-             config.model.lstm_impl, f"use one of {rnn.LSTM_IMPLS}")
+  try:  # Each model declares its settings' ranges (models/<model>.py SETTINGS).
+    models.check_model_config(config.model)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
   try:
     # Per-class settings (explicit alpha weights) take the label kind's class count.
     losses.validate_loss_config(config.loss, labels.class_count(dataset.label_config(d)))
@@ -167,3 +163,5 @@ def validate(config):
   _require(e.min_positive_rate < e.max_positive_rate <= 1, "eval.max_positive_rate",
            e.max_positive_rate, "must be in (eval.min_positive_rate, 1]; 1 = no ceiling")
   _require(e.keep_best >= 1, "eval.keep_best", e.keep_best, "must be >= 1")
+  _require(e.calibration in ("none", "temperature"), "eval.calibration", e.calibration,
+           "use 'none' or 'temperature'")

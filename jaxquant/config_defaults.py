@@ -87,6 +87,7 @@ def get_config(arg=None):
   c.eval.tensorboard = True  # Scalars per step and per epoch in <workdir>/tb/.
   c.eval.bootstrap = 500  # Block-bootstrap resamples for the 95 % intervals (0 = off).
   c.eval.data_dir = ""  # Evaluate on other shards (every window = test), same normalisation.
+  c.eval.calibration = "none"  # "temperature": calibration figures and ECE after a T fitted on val.
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # Devices on the data axis (-1 = all remaining).

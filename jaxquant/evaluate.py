@@ -9,6 +9,7 @@ import io
 import json
 import math
 import os
+import tempfile
 
 import jax
 import ml_collections
@@ -21,10 +22,12 @@ from jaxquant import io_utils
 from jaxquant import parallel
 from jaxquant import plots
 from jaxquant import report_md
+from jaxquant import resume as resume_lib
 from jaxquant import state as state_lib
 from jaxquant import steps as steps_lib
 from jaxquant import trading
 from jaxquant import verdict
+from jaxquant import workdir as workdir_lib
 from jaxquant.data import dataset as dataset_lib
 
 
@@ -34,13 +37,21 @@ def load_run_config(workdir):
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     raise ValueError(f"{workdir} has no config.json: not a jaxquant run directory")
-  with open(path) as f:
-    saved = json.load(f)
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except ValueError as e:  # JSON or encoding errors: name the file, not only the line.
+    raise ValueError(f"{path} is not valid JSON ({e})") from None
+  if not isinstance(saved, dict) or not isinstance(saved.get("model", {}), dict):
+    raise ValueError(f"{path} is not a jaxquant config (a JSON object of sections)")
   model = saved.get("model", {})
   if "window" in model and model.get("name") in ("transformer", "moe"):
     model["attention_radius"] = model.pop("window")  # A run saved before the rename.
   config = config_defaults.get_config()
-  _merge(config, saved)
+  try:
+    _merge(config, saved)
+  except (AttributeError, KeyError, TypeError) as e:  # A section of the wrong type.
+    raise ValueError(f"{path} does not fit today's config ({type(e).__name__}: {e})") from None
   return config
 
 
@@ -72,6 +83,13 @@ def restore(workdir, config, step=None):
       step = store.best_step()
     elif step not in store.all_steps():
       raise ValueError(f"--step={step} is not a kept checkpoint; kept: {store.all_steps()}")
+    try:  # A corrupt checkpoint is refused, never evaluated: name what else there is.
+      store.verify(step)
+    except checkpoints_lib.CorruptCheckpoint as e:
+      intact = store.intact_steps()
+      raise checkpoints_lib.CorruptCheckpoint(
+          f"{e}; refusing to evaluate it. Intact steps: "
+          + (f"{intact} (pick one with --step)" if intact else "none")) from e
     meta = store.restore_meta(step)
     if "normalizer" not in meta:
       raise ValueError(f"checkpoint {step} was saved mid-epoch (preempted) and has no "
@@ -85,7 +103,15 @@ def restore(workdir, config, step=None):
     steps = steps_lib.ShardedSteps(model, parallel.restore_mesh(config.mesh), abstract)
     abstract = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
                             abstract, steps.state_sharding)
-    state, meta = store.restore(step, abstract)
+    try:
+      state, meta = store.restore(step, abstract)
+    except Exception as e:  # Orbax's message is a dump of both trees: say what was trained.
+      asked = checkpoints_lib.model_description(
+          config.model.to_dict(), state_lib.parameter_counts(abstract.params))
+      raise ValueError(f"checkpoint step {step} of {workdir} does not fit this config's "
+                       f"model: it was trained as {checkpoints_lib.trained_model(meta)}, this "
+                       f"config builds {asked}; evaluate with the run's own config (leave out "
+                       "--config)") from e
   finally:
     store.close()
   return steps, state, meta, int(step), bool(meta["val"]["collapsed"])
@@ -138,21 +164,33 @@ def _return_head(predicted, realised, config, block):
   return {**out, "n": int(ok.sum())}
 
 
-def evaluate(workdir, config=None, step=None, stop_reason=None, train_seconds=None):
+@workdir_lib.locked(shared=True)  # Not while a run trains on it.
+def evaluate(workdir, config=None, step=None, stop_reason=None, train_seconds=None,
+             out_dir=None):
   """Evaluates the best checkpoint (or `step`) of a run on validation and test.
 
-  With `config.eval.data_dir` set, "test" is every window of that other data
-  (another instrument or period), through the run's own normalisation.
+  Refuses when the run's own data changed since training (the checkpoint's
+  fingerprint). With `config.eval.data_dir` set, "test" is every window of that
+  other data (another instrument or period), through the run's own normalisation,
+  and the report is report-<dirname>.json/.md with <dirname>-*.png pictures: the
+  run's own report is never overwritten. Without stop_reason/train_seconds (a
+  re-evaluation) they are read back from the run's previous report.json.
 
   Returns:
-    The summary dict, also written atomically to workdir/report.json (+ report.md).
+    The summary dict, also written atomically to out_dir (default workdir)/report.json
+    (+ report.md).
   """
   config = config or load_run_config(workdir)
+  out_dir = out_dir or workdir
+  _check_writable(out_dir, "--out_dir=DIR")  # Before the restore: fail in seconds.
   steps, state, meta, step, all_collapsed = restore(workdir, config, step)
   threshold = meta["threshold"]
   eval_bs = steps_lib.eval_batch_size(config, steps.mesh)
   data_dir = dataset_lib.ensure_data(config.data)
   ds = dataset_lib.build_dataset(config.data, data_dir, normalizer=meta["normalizer"])
+  _check_same_data(meta, config, ds, data_dir, workdir)
+  if stop_reason is None and train_seconds is None:
+    stop_reason, train_seconds = _training_facts(workdir, meta)
   sets = {"val": (ds, "val"), "test": (ds, "test")}
   if config.eval.data_dir:
     other = dataset_lib.build_inference_set(config.data, config.eval.data_dir,
@@ -171,6 +209,9 @@ def evaluate(workdir, config=None, step=None, stop_reason=None, train_seconds=No
     if name == "test" and scale is not None:
       returns = (_in_return_units(rets, scale), s.fwd_returns)
       results[name]["return_head"] = _return_head(*returns, config, block)
+  calibration = None
+  if config.eval.calibration == "temperature":  # Fitted on val; the pictures show it.
+    arrays, calibration = _temperature_scaled(arrays, threshold)
   summary = {
       "config_name": config.name,
       "workdir": os.path.abspath(workdir),
@@ -181,20 +222,98 @@ def evaluate(workdir, config=None, step=None, stop_reason=None, train_seconds=No
       "all_checkpoints_collapsed": all_collapsed,
       "stop_reason": stop_reason, "train_seconds": train_seconds,
       "parameters": meta.get("parameters"),
+      "uncalibrated_scores": uncalibrated_reason(config), "calibration": calibration,
       "val": results["val"], "test": results["test"],
   }
+  prefix = ""
   if config.eval.data_dir:
     summary["test_data"] = sets["test"][0].summary()
+    prefix = os.path.basename(os.path.normpath(config.eval.data_dir)) + "-"
   if lead:
-    _pictures(workdir, arrays, results, threshold, returns)
-    io_utils.atomic_write_json(os.path.join(workdir, "report.json"), summary)
-    report_md.write_report_md(summary, workdir)
-    print(console_summary(summary), flush=True)
+    _pictures(out_dir, arrays, results, threshold, returns, prefix)
+    name = f"report-{prefix[:-1]}" if prefix else "report"
+    io_utils.atomic_write_json(os.path.join(out_dir, name + ".json"), summary)
+    md = report_md.write_report_md(summary, out_dir, name=name + ".md", figure_prefix=prefix)
+    print(console_summary(summary, md), flush=True)
   return summary
 
 
-def _pictures(workdir, arrays, results, threshold, returns=None):
-  path = lambda name: os.path.join(workdir, name)
+def _check_writable(out_dir, flag):
+  """One line, before any work, where the outputs cannot be written (a read-only
+  workdir or filesystem); a probe file, as access() passes read-only mounts for root."""
+  try:
+    os.makedirs(out_dir, exist_ok=True)
+    with tempfile.TemporaryFile(dir=out_dir):
+      pass
+  except OSError as e:
+    raise ValueError(f"cannot write to {out_dir} ({e.strerror}): pass {flag} to write "
+                     "the outputs elsewhere") from None
+
+
+def _check_same_data(meta, config, ds, data_dir, workdir):
+  """Refuses data other than the run's: the shards and split sizes of the
+  checkpoint's fingerprint (not its config: eval may override settings)."""
+  saved = meta.get("fingerprint")
+  if not saved:  # A checkpoint saved before fingerprints: nothing to compare.
+    return
+  now = resume_lib.run_fingerprint(config, ds, data_dir)
+  part = lambda f: {"shards": dict(map(tuple, f.get("shards") or [])),
+                    "splits": f.get("splits")}
+  if part(saved) != part(now):
+    diff = "; ".join(resume_lib.fingerprint_diff(part(saved), part(now)))
+    raise ValueError(f"the data in {data_dir} is not what run {workdir} was trained on "
+                     f"({diff}); restore it, or evaluate on other data with "
+                     "--config.eval.data_dir=DIR (its own report)")
+
+
+def _training_facts(workdir, meta):
+  """(stop_reason, train_seconds) of a run evaluated again: from its previous
+  report.json, else the checkpoint meta (None where neither has them)."""
+  previous = {}
+  try:
+    with open(os.path.join(workdir, "report.json")) as f:
+      previous = json.load(f)
+  except (OSError, ValueError):  # No (readable) earlier report.
+    pass
+  previous = previous if isinstance(previous, dict) else {}
+  return (previous.get("stop_reason") or meta.get("stop_reason"),
+          previous.get("train_seconds") or meta.get("train_seconds"))
+
+
+def uncalibrated_reason(config):
+  """Why the scores are not calibrated probabilities (None when they are: plain
+  cross-entropy without class weights)."""
+  loss = config.loss
+  if loss.name in ("soft_f1", "dice", "composite") or (loss.name == "focal" and loss.gamma):
+    return f"trained with the {loss.name} loss"
+  if str(loss.alpha) != "none":
+    return f"class weights loss.alpha={loss.alpha}"
+  return None
+
+
+def _tempered(scores, t):
+  """sigmoid(logit(score) / t): monotonic, so rankings and decisions stay as they are."""
+  s = np.clip(np.asarray(scores, np.float64), 1e-7, 1 - 1e-7)
+  return 0.5 * (1 + np.tanh((np.log(s) - np.log1p(-s)) / (2 * t)))
+
+
+def _temperature_scaled(arrays, threshold):
+  """The signal scores tempered by the T of least validation log-loss (a grid over
+  0.05..20), and what it did: T, the threshold in tempered units, ECE before/after."""
+  y, s = arrays["val"]
+  nll = lambda p: -np.mean(y * np.log(p) + (1 - y) * np.log1p(-p))
+  grid = np.exp(np.linspace(np.log(0.05), np.log(20.0), 300))
+  t = float(grid[int(np.argmin([nll(np.clip(_tempered(s, g), 1e-12, 1 - 1e-12))
+                                for g in grid]))])
+  tempered = {k: (y, _tempered(s, t)) for k, (y, s) in arrays.items()}
+  ece = lambda a: {k: plots.calibration_table(*v)["ece"] for k, v in a.items()}
+  return tempered, {"method": "temperature", "fitted_on": "val", "temperature": t,
+                    "threshold": float(_tempered(threshold, t)),
+                    "ece_before": ece(arrays), "ece_after": ece(tempered)}
+
+
+def _pictures(out_dir, arrays, results, threshold, returns=None, prefix=""):
+  path = lambda name: os.path.join(out_dir, prefix + name)
   if returns is not None:  # (predicted, realised) test returns of a trained return head.
     ok = np.isfinite(returns[1])
     head = results["test"]["return_head"]
@@ -210,6 +329,7 @@ def _pictures(workdir, arrays, results, threshold, returns=None):
                                   path("threshold_sweep.png"), chosen_threshold=threshold)
 
 
+@workdir_lib.locked(shared=True)
 def predict(workdir, config=None, step=None, data_dir=None, out=None):
   """Writes per-window probabilities for new data (every window of `data_dir`).
 
@@ -223,6 +343,11 @@ def predict(workdir, config=None, step=None, data_dir=None, out=None):
     The columns as arrays, by name.
   """
   config = config or load_run_config(workdir)
+  out = out or os.path.join(workdir, "predictions.npz")
+  if os.path.isdir(out):
+    raise ValueError(f"--out={out} is a directory: give a file name, e.g. "
+                     f"--out={os.path.join(out, 'predictions.npz')}")
+  _check_writable(os.path.dirname(os.path.abspath(out)), "--out=FILE")
   steps, state, meta, step, _ = restore(workdir, config, step)
   data_dir = data_dir or config.eval.data_dir or dataset_lib.ensure_data(config.data)
   d = dataset_lib.build_inference_set(config.data, data_dir, meta["normalizer"])
@@ -230,7 +355,6 @@ def predict(workdir, config=None, step=None, data_dir=None, out=None):
                                     steps_lib.eval_batch_size(config, steps.mesh))
   s = d.splits["all"]
   threshold = meta["threshold"]
-  out = out or os.path.join(workdir, "predictions.npz")
   _, scores = verdict.signal_view(s.labels, probs)
   arrays = {"instrument": np.asarray(d.instruments)[s.instrument], "timestamp": s.timestamps,
             "probability": scores,
@@ -257,8 +381,8 @@ def predict(workdir, config=None, step=None, data_dir=None, out=None):
   return arrays
 
 
-def console_summary(summary):
-  """A readable summary of report.json."""
+def console_summary(summary, report_path=None):
+  """A readable summary of report.json (report_path: its report.md)."""
   lines = [f"== {summary['config_name']}: checkpoint of epoch {summary['best_epoch']} "
            f"(step {summary['best_step']}), threshold {summary['threshold']:.4f} chosen on val"]
   if summary["all_checkpoints_collapsed"]:
@@ -294,5 +418,5 @@ def console_summary(summary):
     lines.append(f"   test signals: {a['signals']:,} ({a['signal_share']:.1%} of windows), win rate "
                  f"{a['precision']:.1%}, mean forward return {a['mean_return']:+.4%}, "
                  f"profit/loss ratio {a['profit_loss_ratio']:.2f}")
-  lines.append(f"   report: {os.path.join(summary['workdir'], 'report.md')}")
+  lines.append(f"   report: {report_path or os.path.join(summary['workdir'], 'report.md')}")
   return "\n".join(lines)

@@ -24,6 +24,8 @@ flags.DEFINE_enum("mode", "train", ["train", "eval", "predict"],
 flags.DEFINE_string("data_dir", None, "--mode=predict: shards to predict on (default: the "
                     "run's eval.data_dir, else its own data).")
 flags.DEFINE_string("out", None, "--mode=predict: output .npz (a .csv twin is written too).")
+flags.DEFINE_string("out_dir", None, "--mode=eval: where report.json/.md and the pictures go "
+                    "(default the workdir; e.g. when it is read-only).")
 flags.DEFINE_bool("force", False, "Resume a workdir whose checkpoints come from a different "
                   "config or data (normally refused), under the new config.")
 flags.DEFINE_integer("step", None, "--mode=eval: checkpoint step (default: best by val F1).")
@@ -47,7 +49,11 @@ def main(argv):
     stamp = os.environ.get("JAXQUANT_RUN_STAMP") or f"{datetime.datetime.now():%Y%m%d-%H%M%S}"
     workdir = FLAGS.workdir or os.path.join("runs", f"{config.name}-{stamp}")
     print(f"Workdir: {workdir}", flush=True)
-    from jaxquant import train  # JAX and Orbax load after the flags are checked.
+    try:
+      from jaxquant import train  # JAX and Orbax load after the flags are checked.
+    except cli.Interrupted as e:
+      raise cli.Interrupted(e.signame, f"{e.signame} during start-up: stopped before "
+                            "training; nothing was saved by this run") from None
     try:
       train.train_and_evaluate(config, workdir, force=FLAGS.force)
     except train.Preempted:
@@ -61,7 +67,7 @@ def main(argv):
   else:
     config = config_check.with_overrides(evaluate.load_run_config(FLAGS.workdir), overrides)
   if FLAGS.mode == "eval":
-    evaluate.evaluate(FLAGS.workdir, config=config, step=FLAGS.step)
+    evaluate.evaluate(FLAGS.workdir, config=config, step=FLAGS.step, out_dir=FLAGS.out_dir)
   else:
     evaluate.predict(FLAGS.workdir, config=config, step=FLAGS.step, data_dir=FLAGS.data_dir,
                      out=FLAGS.out)

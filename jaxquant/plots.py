@@ -30,6 +30,8 @@ FIGURES = (
     ("val_roc_pr.png", "Validation ROC and PR"),
     ("val_calibration.png", "Validation calibration"),
 )
+RUN_FIGURES = ("training_curves.png",)  # The run's own: not prefixed per evaluated data.
+FEW_SIGNALS = 30  # Sweep points with fewer signals are marked: their win rate is mostly noise.
 
 
 def _new_figure(ncols=1, nrows=1, figsize=(6, 4), **kw):
@@ -226,7 +228,8 @@ def _column(rows, key):
 
 
 def plot_threshold_sweep(sweep_val, sweep_test, path, chosen_threshold=None):
-  """Precision and recall against threshold on val and test, signal share on a second axis.
+  """Precision and recall against threshold on val (dashed) and test (solid), signal
+  share on a second axis; points of fewer than FEW_SIGNALS signals marked, legend below.
 
   Args:
     sweep_val: rows of :func:`jaxquant.trading.trading_sweep` on validation (or None).
@@ -237,17 +240,27 @@ def plot_threshold_sweep(sweep_val, sweep_test, path, chosen_threshold=None):
   Returns:
     The path written.
   """
-  fig, ((ax,),) = _new_figure(figsize=(8, 4.5))
+  fig, ((ax,),) = _new_figure(figsize=(8, 5.5))
   share_ax = ax.twinx()
-  for rows, name, ls in ((sweep_val, "val", "--"), (sweep_test, "test", "-")):
+  few_label = f"< {FEW_SIGNALS} signals: win rate mostly noise"
+  # val dashed with open markers, test solid with filled ones: told apart without colour.
+  for rows, name, ls, face in ((sweep_val, "val", "--", "white"), (sweep_test, "test", "-", None)):
     if not rows:
       continue
     rows = sorted(rows, key=lambda r: r["threshold"])
     t = _column(rows, "threshold")
-    ax.plot(t, _column(rows, "precision"), ls, color="C0", marker=".", label=f"precision ({name})")
-    ax.plot(t, _column(rows, "recall"), ls, color="C1", marker=".", label=f"recall ({name})")
+    precision = _column(rows, "precision")
+    ax.plot(t, precision, ls, color="C0", marker="o", ms=3, mfc=face,
+            label=f"precision — {name}")
+    ax.plot(t, _column(rows, "recall"), ls, color="C1", marker="o", ms=3, mfc=face,
+            label=f"recall — {name}")
     share_ax.plot(t, 100 * _column(rows, "signal_share"), ls, color="C2", alpha=0.6,
-                  label=f"signalled % ({name})")
+                  label=f"signalled % — {name}")
+    signals = _column(rows, "signals")
+    few = (signals > 0) & (signals < FEW_SIGNALS)
+    if few.any():
+      ax.plot(t[few], precision[few], "x", color="red", ms=7, label=few_label)
+      few_label = "_" + few_label  # One legend entry for both splits.
     prior = rows[0].get("prior")
     if prior is not None and np.isfinite(prior):
       ax.axhline(prior, ls=ls, color="grey", lw=0.9,
@@ -262,8 +275,9 @@ def plot_threshold_sweep(sweep_val, sweep_test, path, chosen_threshold=None):
   share_ax.set_ylim(bottom=0)
   handles = ax.get_legend_handles_labels()
   handles2 = share_ax.get_legend_handles_labels()
-  if handles[0] or handles2[0]:
-    ax.legend(handles[0] + handles2[0], handles[1] + handles2[1], fontsize=7, loc="upper right")
+  if handles[0] or handles2[0]:  # Below the axes: it never covers a curve.
+    fig.legend(handles[0] + handles2[0], handles[1] + handles2[1], fontsize=7, ncols=3,
+               loc="outside lower center")
   return _save(fig, path)
 
 

@@ -8,7 +8,7 @@ import numpy as np
 from jaxquant import io_utils
 from jaxquant import plots
 
-FEW_SIGNALS = 30  # sweep rows with fewer signals are flagged: their win rate is mostly noise
+FEW_SIGNALS = plots.FEW_SIGNALS  # Sweep rows with fewer signals are flagged (tables and plot).
 
 
 def _isnum(x):
@@ -88,7 +88,31 @@ def _md_warnings(summary):
     if r.get("collapsed"):
       reason = r.get("collapse_reason") or "one class"
       lines.append(f"> **Warning ({split}): collapsed — {reason}.**")
+  ci = ((summary.get("test") or {}).get("bootstrap") or {}).get("roc_auc") or {}
+  if _isnum(ci.get("lo")) and _isnum(ci.get("hi")) and ci["lo"] <= 0.5 <= ci["hi"]:
+    lines.append(f"> **No evidence of skill: the test ROC-AUC 95% interval "
+                 f"[{_f(ci['lo'])}, {_f(ci['hi'])}] contains 0.5 (chance).**")
+  if summary.get("uncalibrated_scores"):
+    lines.append(f"> Scores are not calibrated probabilities ({summary['uncalibrated_scores']}): "
+                 "read them as a ranking; the calibration plot shows how far off they are.")
+  cal = summary.get("calibration") or {}
+  if cal.get("method") == "temperature":
+    before, after = cal.get("ece_before") or {}, cal.get("ece_after") or {}
+    lines.append(f"> Calibration figures: scores tempered by T = {_f(cal.get('temperature'))} "
+                 f"fitted on val (test ECE {_f(before.get('test'))} → {_f(after.get('test'))}; "
+                 f"the threshold is {_f(cal.get('threshold'), '.4f')} in tempered units; "
+                 "rankings and decisions unchanged).")
   return lines + [""] if lines else []
+
+
+def _md_computed_on(summary):
+  """Which data the numbers below come from (an evaluation may use other data)."""
+  own = (summary.get("data") or {}).get("dir")
+  other = summary.get("eval_data_dir")
+  if other:
+    return [f"Computed on: val = the validation split of `{own}`; test = every window of "
+            f"`{other}` (other data, the run's normalisation).", ""]
+  return [f"Computed on: `{own}` (its val and test splits).", ""] if own else []
 
 
 # (key, label, baseline key or constant, what the baseline is)
@@ -178,8 +202,9 @@ def _md_sweep(rows, title, threshold=None):
   return lines + ["", note, ""]
 
 
-def _md_figures(workdir):
-  present = [(f, cap) for f, cap in plots.FIGURES if os.path.exists(os.path.join(workdir, f))]
+def _md_figures(workdir, prefix=""):
+  names = [(f if f in plots.RUN_FIGURES else prefix + f, cap) for f, cap in plots.FIGURES]
+  present = [(f, cap) for f, cap in names if os.path.exists(os.path.join(workdir, f))]
   if not present:
     return []
   lines = ["## Figures", ""]
@@ -188,8 +213,8 @@ def _md_figures(workdir):
   return lines
 
 
-def write_report_md(summary, workdir):
-  """Writes ``workdir/report.md`` (atomically) from the report.json dict.
+def write_report_md(summary, workdir, name="report.md", figure_prefix=""):
+  """Writes ``workdir/<name>`` (atomically) from the report.json dict.
 
   Every section tolerates missing keys, so partial reports still render.
 
@@ -200,6 +225,9 @@ def write_report_md(summary, workdir):
       and ``summary["test"]["return_head"]`` (:func:`jaxquant.bootstrap.bootstrap_ic`).
     workdir: run directory; only pictures of :data:`jaxquant.plots.FIGURES`
       present there are embedded.
+    name: the file name (an evaluation on other data has its own).
+    figure_prefix: the pictures' prefix (that evaluation's); the run's own
+      (:data:`jaxquant.plots.RUN_FIGURES`) have none.
 
   Returns:
     The path of report.md.
@@ -208,6 +236,7 @@ def write_report_md(summary, workdir):
   lines = [f"# jaxquant report: {title}", ""]
   if summary.get("workdir"):
     lines += [f"Run directory: `{summary['workdir']}`", ""]
+  lines += _md_computed_on(summary)
   lines += _md_warnings(summary)
   lines += _md_data(summary)
   lines += _md_run(summary)
@@ -221,7 +250,7 @@ def write_report_md(summary, workdir):
     lines += ["<details><summary>Validation threshold sweep</summary>", ""]
     lines += _md_sweep(val_sweep, "### Validation threshold sweep")
     lines += ["</details>", ""]
-  lines += _md_figures(workdir)
-  path = os.path.join(workdir, "report.md")
+  lines += _md_figures(workdir, figure_prefix)
+  path = os.path.join(workdir, name)
   io_utils.atomic_write_text(path, "\n".join(lines).rstrip() + "\n")
   return path

@@ -14,6 +14,7 @@ import numpy as np
 
 from jaxquant import checkpoints as checkpoints_lib
 from jaxquant import io_utils
+from jaxquant.models import param_count
 
 
 class Preempted(Exception):
@@ -90,6 +91,12 @@ def resume(store, state, fingerprint, workdir, force=False, log=print):
     (state, progress, history): history is metrics.jsonl's records up to `progress`.
   """
   progress = fresh_progress()
+  # A corrupt (or half-committed) step is moved aside: resume from the newest intact one.
+  set_aside = store.set_aside_corrupt()
+  for step, why, where in set_aside:
+    log(f"WARNING: {why}; moved it to {where}")
+  if set_aside and store.latest_step() is None:
+    log("WARNING: no intact checkpoint is left: training starts afresh")
   latest = store.latest_step()
   if latest is not None:
     meta = store.restore_meta(latest)
@@ -102,12 +109,18 @@ def resume(store, state, fingerprint, workdir, force=False, log=print):
       log(f"WARNING: --force: resuming checkpoints of a different config or data ({diff})")
     try:
       state, meta = store.restore(latest, checkpoints_lib.abstract_like(state))
+    except checkpoints_lib.CorruptCheckpoint:
+      raise
     except Exception as e:  # Orbax reports a shape/structure mismatch in many ways.
-      raise ValueError(f"workdir {workdir}: its latest checkpoint (step {latest}) "
-                       f"does not fit this model ({str(e).split('. ')[0][:200]})") from e
+      asked = checkpoints_lib.model_description(
+          fingerprint["config"].get("model"), param_count.count_parameters(state.params))
+      raise ValueError(f"workdir {workdir}: its latest checkpoint (step {latest}) does not "
+                       f"fit this model: it was trained as {checkpoints_lib.trained_model(meta)}"
+                       f", this config builds {asked}; use another --workdir, or the run's "
+                       "own model settings") from e
     progress = meta["progress"]
     log(f"Resuming at epoch {progress['epoch'] + 1}, batch {progress['batch']} "
-        f"(step {int(state.step)})")
+        f"(step {int(state.step)})" + (", the newest intact checkpoint" if set_aside else ""))
   history = read_history(workdir)
   if len(history) > progress["epoch"]:  # Epochs logged, then killed before their save.
     history = history[:progress["epoch"]]
@@ -145,11 +158,21 @@ def init_from_run(state, tx, run_dir, log=print):
   source = {"params": state.params}
   if jax.tree.leaves(state.batch_stats):
     source["batch_stats"] = state.batch_stats
+  cause = None
   try:
-    restored = store.restore_partial(step, checkpoints_lib.abstract_like(source))
-  except Exception as e:  # Orbax reports a shape/structure mismatch in many ways.
-    raise ValueError(f"config.train.init_from={run_dir!r}: its checkpoint does not fit this "
-                     f"model ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+    try:
+      restored = store.restore_partial(step, checkpoints_lib.abstract_like(source))
+      # A name absent from the checkpoint comes back as its placeholder, not an error.
+      fits = not any(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in jax.tree.leaves(restored))
+    except checkpoints_lib.CorruptCheckpoint:
+      raise
+    except Exception as e:  # Orbax reports a shape/structure mismatch in many ways.
+      fits, cause = False, e
+    if not fits:
+      raise ValueError(f"config.train.init_from={run_dir!r}: its checkpoint (step {step}) "
+                       f"does not fit this model: it was trained as "
+                       f"{checkpoints_lib.trained_model(store.restore_meta(step))}, this model "
+                       f"has {param_count.count_parameters(state.params):,} parameters") from cause
   finally:
     store.close()
   log(f"Initialised from {run_dir} (step {step})")
@@ -163,5 +186,21 @@ def read_history(workdir):
   path = os.path.join(workdir, "metrics.jsonl")
   if not os.path.exists(path):
     return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  records = []
+  try:
+    with open(path, encoding="utf-8") as f:
+      for n, line in enumerate(f, start=1):
+        if not line.strip():
+          continue
+        try:
+          records.append(json.loads(line))
+        except ValueError as e:  # The file and line, not a traceback.
+          raise ValueError(f"{path}: line {n} is not valid JSON ({e}); fix or remove that "
+                           "line (the checkpoints hold the run's state)") from None
+        if not isinstance(records[-1], dict):
+          raise ValueError(f"{path}: line {n} is not an epoch record (a JSON object)")
+  except UnicodeDecodeError as e:
+    raise ValueError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+  except (IsADirectoryError, PermissionError) as e:
+    raise ValueError(f"{path}: cannot read ({e.strerror})") from None
+  return records

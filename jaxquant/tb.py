@@ -9,11 +9,19 @@ tensorboardX is imported only when an enabled writer is created (it pulls in
 torch when that is installed, which costs seconds), and a missing
 tensorboardX degrades to one logged warning and a no-op writer: TensorBoard
 is a convenience, never a reason for a training run to fail.
+
+Events are written synchronously by the calling thread (tensorboardX's own
+EventsWriter, no SummaryWriter): its writer thread dies on a full disk and the
+next ``Queue.put`` then blocks forever, deaf to SIGTERM. Here a failed write or
+flush raises at once, as an OSError naming the events file, and the writer
+turns itself off.
 """
 
 import logging
 import math
 import numbers
+import os
+import time
 from collections.abc import Mapping
 
 import numpy as np
@@ -91,7 +99,7 @@ def _put(x, tag, out):
 
 
 class TBWriter:
-  """A tensorboardX ``SummaryWriter`` for scalars that is safe to call anywhere.
+  """TensorBoard scalars that are safe to call anywhere and never block.
 
   Args:
     logdir: directory of the events files (created if missing).
@@ -105,16 +113,44 @@ class TBWriter:
     if not enabled:
       return
     try:
-      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      from tensorboardX import event_file_writer  # pylint: disable=g-import-not-at-top
+      from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+      from tensorboardX.proto import summary_pb2  # pylint: disable=g-import-not-at-top
     except ImportError as e:
       _warn_missing(e)
       return
-    self._writer = SummaryWriter(logdir=str(logdir))
+    self._event, self._summary = event_pb2.Event, summary_pb2.Summary
+    self._guard(lambda: os.makedirs(str(logdir), exist_ok=True))
+    self._writer = self._guard(
+        lambda: event_file_writer.EventsWriter(os.path.join(str(logdir), "events")))
 
   @property
   def active(self):
     """Whether calls write anything."""
     return self._writer is not None
+
+  def _guard(self, write):
+    """Runs `write`; an OSError turns the writer off and is raised naming the events
+    file (a full disk becomes cli's one-line error)."""
+    try:
+      return write()
+    except OSError as e:
+      path = getattr(getattr(self._writer, "_py_recordio_writer", None), "path", self.logdir)
+      self._abandon()
+      raise OSError(e.errno, f"{e.strerror}: cannot write TensorBoard events to {path}; "
+                    "metrics.jsonl and the checkpoints saved so far are intact (free some "
+                    "space and re-run the same command to resume, or turn TensorBoard off "
+                    "with --config.eval.tensorboard=false)") from e
+
+  def _abandon(self):
+    """Drops the writer without flushing again (its buffer cannot reach the disk)."""
+    writer, self._writer = self._writer, None
+    f = getattr(getattr(writer, "_py_recordio_writer", None), "_writer", None)
+    if f is not None:
+      try:
+        f.close()
+      except OSError:
+        pass  # The same failure, once more.
 
   def scalars(self, step, values):
     """Writes every finite scalar of ``values`` (see :func:`flatten_scalars`) at ``step``.
@@ -125,23 +161,28 @@ class TBWriter:
 
     Returns:
       The number of scalars written.
+    Raises:
+      OSError: the events file cannot be written (the writer is then off).
     """
     if self._writer is None:
       return 0
     flat = flatten_scalars(values)
+    wall = time.time()
     for tag, x in flat.items():
-      self._writer.add_scalar(tag, x, global_step=int(step))
+      event = self._event(wall_time=wall, step=int(step), summary=self._summary(
+          value=[self._summary.Value(tag=tag, simple_value=x)]))
+      self._guard(lambda e=event: self._writer.write_event(e))
     return len(flat)
 
   def flush(self):
-    """Pushes pending events to disk."""
+    """Pushes pending events to disk (raises OSError as `scalars` does)."""
     if self._writer is not None:
-      self._writer.flush()
+      self._guard(self._writer.flush)
 
   def close(self):
     """Flushes and closes; later calls are no-ops."""
     if self._writer is not None:
-      self._writer.close()
+      self._guard(self._writer.close)
       self._writer = None
 
   def __enter__(self):

@@ -14,6 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxquant import checkpoints as checkpoints_lib
+from jaxquant import cli
 from jaxquant import evaluate
 from jaxquant import io_utils
 from jaxquant import parallel
@@ -23,6 +24,7 @@ from jaxquant import state as state_lib
 from jaxquant import steps as steps_lib
 from jaxquant import tb as tb_lib
 from jaxquant import verdict
+from jaxquant import workdir as workdir_lib
 from jaxquant.data import dataset as dataset_lib
 from jaxquant.data import loader
 
@@ -43,6 +45,7 @@ class Run:
   counts: dict  # Parameter counts.
   log: Any
   lead: bool  # Process 0: the one that writes files.
+  lock: Any = None  # workdir.Lock: one run per workdir, until train_and_evaluate ends.
 
   def plan(self, epoch):
     c = self.config
@@ -51,9 +54,19 @@ class Run:
 
 
 def prepare(config, workdir, force, log):
-  """Data, mesh, model, optimizer and the resumed state: (Run, state, progress, history)."""
+  """Data, mesh, model, optimizer and the resumed state: (Run, state, progress, history).
+
+  First takes the workdir's lock (creating it): a second run on it is refused."""
   lead = jax.process_index() == 0
-  os.makedirs(workdir, exist_ok=True)
+  lock = workdir_lib.lock(workdir, lead=lead)
+  try:
+    return _prepare(config, workdir, force, log, lead, lock)
+  except BaseException:
+    lock.release()
+    raise
+
+
+def _prepare(config, workdir, force, log, lead, lock):
   data_dir = dataset_lib.ensure_data(config.data, log=log)
   ds = dataset_lib.build_dataset(config.data, data_dir)
   log(dataset_lib.describe_data(ds, data_dir))
@@ -79,7 +92,7 @@ def prepare(config, workdir, force, log):
     io_utils.atomic_write_text(os.path.join(workdir, "config.json"),
                                config.to_json_best_effort(indent=2))
   run = Run(config, workdir, ds, mesh, setup, steps_per_epoch, store, fingerprint, counts,
-            log, lead)
+            log, lead, lock)
   return run, state, progress, history
 
 
@@ -175,8 +188,19 @@ def train_and_evaluate(config, workdir, force=False):
   lead = jax.process_index() == 0
   log = (lambda *a: print(*a, flush=True)) if lead else (lambda *a: None)
   t_start = time.time()
-  run, state, progress, history = prepare(config, workdir, force, log)
-  tb = tb_lib.TBWriter(os.path.join(workdir, "tb"), enabled=lead and config.eval.tensorboard)
+  try:
+    run, state, progress, history = prepare(config, workdir, force, log)
+  except cli.Interrupted as e:  # Data, model or resume: nothing of this run saved yet.
+    raise cli.Interrupted(e.signame, f"{e.signame} during start-up (data, model, resume): "
+                          "stopped before training; nothing was saved by this run") from None
+  try:
+    return _train_and_evaluate(run, state, progress, history, t_start)
+  finally:
+    run.lock.release()
+
+
+def _train_and_evaluate(run, state, progress, history, t_start):
+  config, workdir, log, lead = run.config, run.workdir, run.log, run.lead
   rng = jax.random.key(config.train.seed + 1)
   stop_reason = "completed all epochs"
   first_epoch = progress["epoch"]
@@ -185,30 +209,41 @@ def train_and_evaluate(config, workdir, force=False):
     stop_reason, first_epoch = finished, config.train.epochs
     log(f"Already stopped ({stop_reason}); evaluating its best checkpoint.")
 
-  with resume_lib.Preemption() as preemption:
-    for epoch in range(first_epoch, config.train.epochs):
-      t0 = time.time()
-      state, train_m, diverged = train_epoch(run, state, epoch, progress, rng, preemption)
-      if diverged:
-        stop_reason = diverged
-        log(f"STOP: {stop_reason}")
-        break
-      record, improved, val_verdict = validate_epoch(run, state, epoch, t0, train_m, progress)
-      history.append(record)
-      _log_tensorboard(tb, train_m, record, int(state.step))
-      log(_epoch_line(record, improved))
-      stopped = resume_lib.stop_reason(progress, config, record)
-      if stopped:
-        stop_reason = stopped
-        if val_verdict["collapsed"]:
+  # The try holds the loop too: a signal still pending when Preemption gives cli's handler
+  # back is raised there, on the way out: after training all the same.
+  try:
+    with resume_lib.Preemption() as preemption:
+      tb = tb_lib.TBWriter(os.path.join(workdir, "tb"), enabled=lead and config.eval.tensorboard)
+      for epoch in range(first_epoch, config.train.epochs):
+        t0 = time.time()
+        state, train_m, diverged = train_epoch(run, state, epoch, progress, rng, preemption)
+        if diverged:
+          stop_reason = diverged
           log(f"STOP: {stop_reason}")
-        break
-  run.store.close()
-  tb.close()
-  if lead and history:
-    plots.plot_history(history, os.path.join(workdir, "training_curves.png"))
-  return evaluate.evaluate(workdir, config=config, stop_reason=stop_reason,
-                           train_seconds=time.time() - t_start)
+          break
+        record, improved, val_verdict = validate_epoch(run, state, epoch, t0, train_m, progress)
+        history.append(record)
+        _log_tensorboard(tb, train_m, record, int(state.step))
+        log(_epoch_line(record, improved))
+        stopped = resume_lib.stop_reason(progress, config, record)
+        if stopped:
+          stop_reason = stopped
+          if val_verdict["collapsed"]:
+            log(f"STOP: {stop_reason}")
+          break
+      run.store.close()  # Under the flag handler: a signal must not land inside Orbax.
+    if preemption.requested:  # It came during the last epoch's validation or save.
+      raise cli.Interrupted(preemption.requested)
+    tb.close()
+    if lead and history:
+      plots.plot_history(history, os.path.join(workdir, "training_curves.png"))
+    return evaluate.evaluate(workdir, config=config, stop_reason=stop_reason,
+                             train_seconds=time.time() - t_start)
+  except cli.Interrupted as e:  # Every epoch's checkpoint is saved: a resume point.
+    run.store.close()  # (Closing twice is harmless.)
+    log(f"{e.signame} after training: its checkpoints are saved and it was not evaluated; "
+        "re-run the same command to evaluate it.")
+    raise Preempted(e.signame) from None
 
 
 def _log_tensorboard(tb, train_m, record, last_step):

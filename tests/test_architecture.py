@@ -16,7 +16,7 @@ PACKAGE = os.path.join(ROOT, "jaxquant")
 # Lowest first; a module may import modules of its own layer or of a lower one.
 LAYERS = (
     ("base", ("io_utils", "compile_cache", "host_memory", "xla_options", "config_defaults",
-              "cli", "tb", "checkpoints", "optim", "metrics", "mixup")),
+              "cli", "tb", "checkpoints", "optim", "metrics", "mixup", "workdir")),
     ("data", ("data",)),
     ("models", ("models",)),
     ("learning", ("losses", "parallel", "state", "steps", "verdict", "resume")),

@@ -60,3 +60,11 @@ def test_compare_two_seeds_end_to_end(tmp_path, monkeypatch):
       losses.append([(r["train_loss"], r["val_loss"]) for r in map(json.loads, f)])
   assert len(losses[0]) == len(losses[1]) == 1
   assert losses[0][0][0] != losses[1][0][0] and losses[0][0][1] != losses[1][0][1], losses
+
+
+def test_one_seed_shows_no_spread():
+  keys = [f"{s}_{m}" for s in ("val", "test") for m in compare.METRICS] + ["test_prior"]
+  agg = compare.aggregate([{"seconds": 1.0, "collapsed": False, **{k: 0.25 for k in keys}}])
+  assert agg["test_f1"] == {"mean": 0.25, "std": None}
+  md = compare.to_markdown({"x": agg}, 1)
+  assert "± 0.000" not in md and "0.250 ± —" in md

@@ -186,3 +186,59 @@ def test_model_keys_are_left_to_the_model_check():
   config = gru.get_config("quick")
   config.model.attention_radius = 3  # Not a GRU field: models.build_model refuses it.
   config_check.validate(config)
+
+
+@pytest.mark.parametrize("name, key, value, why", [
+    ("gru", "dropout", 1.5, "must be in [0, 1)"),
+    ("gru", "hidden", 0, "must be >= 1"),
+    ("gru", "num_layers", 0, "must be >= 1"),
+    ("lstm", "hidden", 0, "must be >= 1"),
+    ("lstm", "lstm_impl", "cudnn", "use one of"),
+    ("resnet", "width", 0, "must be >= 1"),
+    ("resnet", "depth", 50, "use one of (10, 18, 34)"),
+    ("resnet", "conv_impl", "fft", "use one of"),
+    ("resnet", "dropout", -0.1, "must be in [0, 1)"),
+    ("transformer", "num_layers", 0, "must be >= 1"),
+    ("transformer", "head_dropout", 1.0, "must be in [0, 1)"),
+    ("transformer", "pooling", "max", "use one of"),
+    ("moe", "num_experts", 0, "must be >= 1"),
+    ("moe", "capacity_factor", 0.0, "must be > 0"),
+    ("moe", "top_k", 9, "must be <= model.num_experts=8"),
+])
+def test_every_model_setting_is_checked_before_any_data(name, key, value, why):
+  """Each model's declared settings (models/<model>.py SETTINGS) are checked by
+  config_check, one line naming the key, before data or model exist."""
+  from configs import lstm, moe, resnet, transformer
+  mod = {"gru": gru, "lstm": lstm, "resnet": resnet, "transformer": transformer, "moe": moe}
+  config = mod[name].get_config("quick")
+  config_check.validate(config)
+  with config.model.unlocked():
+    config.model[key] = value
+  with pytest.raises(config_check.ConfigError) as e:
+    config_check.validate(config)
+  msg = str(e.value)
+  assert msg.startswith(f"config.model.{key}={value!r} is invalid: ") and why in msg, msg
+  assert "\n" not in msg
+
+
+@pytest.mark.parametrize("name", ["transformer", "moe"])
+def test_heads_must_divide_the_model_width(name):
+  from configs import moe, transformer
+  config = {"transformer": transformer, "moe": moe}[name].get_config("quick")
+  config.model.d_model, config.model.num_heads = 32, 3
+  with pytest.raises(config_check.ConfigError,
+                     match=r"config.model.num_heads=3 is invalid: model.d_model=32 must be"):
+    config_check.validate(config)
+  config.model.num_heads = 4
+  config_check.validate(config)
+
+
+def test_a_bad_model_setting_stops_the_command_before_any_data(tmp_path):
+  p = subprocess.run([sys.executable, "-m", "jaxquant.main", "--config=configs/gru.py:quick",
+                      f"--config.data.dir={tmp_path / 'data'}", "--config.model.dropout=1.5",
+                      f"--workdir={tmp_path / 'run'}"],
+                     cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert p.returncode == 1
+  lines = p.stderr.strip().splitlines()
+  assert lines == ["error: config.model.dropout=1.5 is invalid: must be in [0, 1)"], lines
+  assert not (tmp_path / "data").exists()  # Stopped before generating any data.

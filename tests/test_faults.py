@@ -71,7 +71,8 @@ def test_sigterm_saves_and_resume_is_identical(reference, tmp_path, sig=signal.S
   assert "saved a checkpoint" in out, out[-2000:]
   assert "re-run the same command" in out
   # It stopped mid-epoch: the checkpoint it left is a preemption one, part-way through
-  # an epoch (0 < batch < steps per epoch, the reference's step after epoch 1).
+  # an epoch (0 < batch <= steps per epoch, the reference's step after epoch 1: a signal
+  # on an epoch's last batch saves before that epoch's validation, batch = steps).
   from jaxquant.checkpoints import CheckpointStore
   store = CheckpointStore(os.path.join(workdir, "checkpoints"))
   meta = store.restore_meta(store.latest_step())
@@ -79,7 +80,7 @@ def test_sigterm_saves_and_resume_is_identical(reference, tmp_path, sig=signal.S
   steps_per_epoch = expected[0][0]["step"]
   progress = meta["progress"]
   assert meta["preempted"] == sig.name
-  assert 0 < progress["batch"] < steps_per_epoch, (progress, steps_per_epoch)
+  assert 0 < progress["batch"] <= steps_per_epoch, (progress, steps_per_epoch)
   # A different config must not resume this run...
   p = subprocess.run(_cmd(workdir, data, "--config.train.lr=0.01"), cwd=ROOT,
                      capture_output=True, text=True, timeout=300)

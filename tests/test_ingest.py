@@ -673,3 +673,73 @@ def test_cli(tmp_path):
     assert name == "bad" and ts.size == 9
     with ShardReader(tmp_path / "skip" / "bad.jqs") as r:
         assert r.chunk_rows == 4
+
+
+# --------------------------------------------------------------------------
+# Suspicious data: absurd bars and long gaps, named with file and line
+# --------------------------------------------------------------------------
+
+
+def test_absurd_bar_is_named_and_skipped(tmp_path):
+    lines = _eurusd_head(20)
+    f = lines[6].split(",")
+    f[2] = "1e300"  # High: a misprint that would otherwise train without a word.
+    lines[6] = ",".join(f)
+    p = _write(tmp_path / "wide.csv", lines)
+    with pytest.raises(IngestError) as e:
+        ingest([p], tmp_path / "out")
+    assert str(e.value).startswith(f"{p}:7: absurd range: high 1e300 - low ")
+    assert "--max-bar-range" in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "out").exists()
+
+    s = ingest([p], tmp_path / "out", on_error="skip")
+    (e,) = s["instruments"]
+    assert e["rows"] == 19 and e["skipped"] == {"absurd_range": 1}
+    assert s["flagged"] == {"absurd_range": 1}
+    assert e["flag_messages"][0].startswith(f"{p}:7: absurd range")
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["flagged"] == {"absurd_range": 1}
+    assert manifest["shards"][0]["flag_messages"][0].startswith("wide.csv:7: absurd range")
+    # The limit is a setting: a wide enough one lets the bar through.
+    s = ingest([p], tmp_path / "out2", max_bar_range=0)
+    assert s["instruments"][0]["rows"] == 20 and s["flagged"] == {}
+
+
+def test_long_gap_is_named_and_reported_by_the_run(tmp_path):
+    from jaxquant.data import dataset
+    lines = _eurusd_head(20)
+    del lines[8:15]  # 7 hourly rows missing: an 8-hour step from line 8 to line 9.
+    p = _write(tmp_path / "gappy.csv", lines)
+    ingest([p], tmp_path / "default")  # 8 hours is no gap under the default 14 days.
+    with pytest.raises(IngestError) as e:
+        ingest([p], tmp_path / "out", max_gap="6h")
+    assert str(e.value).startswith(
+        f"{p}:9: gap of 8h since line 8 (2017-01-02 04:00:00 -> 2017-01-02 12:00:00) is "
+        "longer than --max-gap=6h")
+    s = ingest([p], tmp_path / "out", max_gap="6h", on_error="skip")
+    (e,) = s["instruments"]
+    assert e["rows"] == 13 and e["skipped"] == {}  # A gap drops no row.
+    assert s["flagged"] == {"long_gap": 1} and e["flag_messages"][0].startswith(f"{p}:9: gap")
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["flagged"] == {"long_gap": 1} and manifest["max_gap"] == "6h"
+    # The run's data line repeats it.
+    split = dataset.Split("train", *(np.zeros(1, t) for t in
+                                     (np.int64, np.int32, float, np.int32, np.int64)))
+    ds = dataset.Dataset(features=np.zeros((13, 1), np.float32), splits={"train": split},
+                         instruments=["gappy"], normalizer={}, window=1, horizon=1)
+    line = dataset.describe_data(ds, str(tmp_path / "out"))
+    assert "ingest flagged 1 long_gap (first: gappy.csv:9: gap of 8h" in line, line
+    assert "flagged" not in dataset.describe_data(ds, str(tmp_path / "default"))
+    with pytest.raises(IngestError, match=r"--max-gap='soon': expected a duration"):
+        ingest([p], tmp_path / "x", max_gap="soon")
+
+
+def test_cli_flags_for_suspicious_data(tmp_path):
+    lines = _eurusd_head(20)
+    del lines[8:15]
+    p = _write(tmp_path / "gappy.csv", lines)
+    r = subprocess.run([sys.executable, "-m", "jaxquant.data.ingest", f"--out={tmp_path / 'o'}",
+                        "--max-gap=6h", "--on-error=skip", p], cwd=REPO, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert f"flagged: {p}:9: gap of 8h since line 8" in r.stdout

@@ -13,7 +13,7 @@ def ds(tmp_path_factory):
   synth.write_market(root, instruments=2, days=3, progress=False)
   c = gru.get_config("quick")
   c.data.window = 16
-  return dataset.build_dataset(c.data, root), c
+  return dataset.build_dataset(c.data, root, check_labels=False), c
 
 
 def test_worker_processes_give_the_same_batches(ds):
@@ -58,7 +58,7 @@ def test_other_label_kinds_flow_into_the_splits(ds, tmp_path, kind, classes):
   c.data.label_kind = kind
   root = str(tmp_path / "m")
   synth.write_market(root, instruments=1, days=3, progress=False)
-  built = dataset.build_dataset(c.data, root)
+  built = dataset.build_dataset(c.data, root, check_labels=False)
   assert built.num_classes == classes
   bars = synth.generate_market(1, 3)[0][2]
   want = labels.make_labels(dataset.label_config(c.data), bars)["labels"]
@@ -88,7 +88,7 @@ def test_stratified_batches_hold_signal_class_windows_for_every_label_kind(ds, t
   c.data.positives_per_batch = 4
   root = str(tmp_path / "m")
   synth.write_market(root, instruments=1, days=3, progress=False)
-  d = dataset.build_dataset(c.data, root)
+  d = dataset.build_dataset(c.data, root, check_labels=False)
   assert d.num_classes == 3
   train = d.splits["train"]
   assert labels.signal_class(d.num_classes) == 2

@@ -6,6 +6,7 @@ import numpy as np
 
 from conftest import signal_data
 from jaxquant import plots
+from jaxquant import report_md
 from jaxquant import trading
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -40,6 +41,27 @@ def test_plots_write_pngs(tmp_path):
   ]
   for p in paths:
     assert_png(p)
+
+
+def test_threshold_sweep_legend_off_the_curves_val_told_from_test_few_signals_marked(
+    tmp_path, monkeypatch):
+  y, s, r = signal_data(10, n=600)
+  sweep = trading.trading_sweep(y, s, r)
+  assert any(0 < row["signals"] < report_md.FEW_SIGNALS for row in sweep)
+  figures = []
+  monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or str(path))
+  plots.plot_threshold_sweep(sweep, sweep, tmp_path / "sweep.png", chosen_threshold=0.3)
+  (fig,) = figures
+  fig.canvas.draw()
+  renderer = fig.canvas.get_renderer()
+  legends = fig.legends + [a.get_legend() for a in fig.axes if a.get_legend()]
+  assert len(legends) == 1
+  box = legends[0].get_window_extent(renderer)
+  assert not any(box.overlaps(a.get_window_extent(renderer)) for a in fig.axes)
+  labels = [t.get_text() for t in legends[0].get_texts()]
+  assert any("val" in l and "precision" in l for l in labels)
+  assert any("test" in l and "precision" in l for l in labels)
+  assert sum(f"< {report_md.FEW_SIGNALS} signals" in l for l in labels) == 1
 
 
 def test_calibration_table():

@@ -61,3 +61,27 @@ def test_write_report_md_minimal(tmp_path):
   path = report_md.write_report_md(summary, tmp_path)
   md = open(path, encoding="utf-8").read()
   assert "every epoch's model collapsed" in md and "![" not in md
+
+
+def test_report_md_says_no_skill_uncalibrated_and_which_data(tmp_path):
+  y, s, r = signal_data(12, n=1500)
+  summary = fake_summary(y, s, r)
+  summary["test"]["bootstrap"]["roc_auc"].update(lo=0.47, hi=0.56)
+  summary.update(uncalibrated_scores="trained with the focal loss",
+                 eval_data_dir="/data/other_2025")
+  (tmp_path / "other_2025-test_roc_pr.png").write_bytes(PNG_MAGIC)
+  (tmp_path / "test_roc_pr.png").write_bytes(PNG_MAGIC)  # The run's own: not this report's.
+  (tmp_path / "training_curves.png").write_bytes(PNG_MAGIC)  # The run's: in every report.
+  path = report_md.write_report_md(summary, str(tmp_path), name="report-other_2025.md",
+                                   figure_prefix="other_2025-")
+  assert path.endswith("report-other_2025.md") and not os.path.exists(tmp_path / "report.md")
+  md = open(path, encoding="utf-8").read()
+  assert "No evidence of skill: the test ROC-AUC 95% interval [0.470, 0.560] contains 0.5" in md
+  assert "not calibrated probabilities (trained with the focal loss)" in md
+  assert "test = every window of `/data/other_2025`" in md
+  assert "](other_2025-test_roc_pr.png)" in md and "](test_roc_pr.png)" not in md
+  assert "](training_curves.png)" in md
+  summary["test"]["bootstrap"]["roc_auc"].update(lo=0.51, hi=0.6)
+  del summary["uncalibrated_scores"]
+  md = open(report_md.write_report_md(summary, str(tmp_path)), encoding="utf-8").read()
+  assert "No evidence of skill" not in md and "not calibrated" not in md

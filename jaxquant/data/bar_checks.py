@@ -31,6 +31,10 @@ REASON_KEYS = {
     DUP: "duplicate_timestamp",
     BACK: "non_monotonic_timestamp",
 }
+# A bar far wider than the series' typical price (a misprint such as a high of 1e300):
+# checked after the codes above, on the rows they leave.
+RANGE = len(REASON_KEYS) + 1
+REASON_KEYS[RANGE] = "absurd_range"
 
 # Reason keys used in `skipped` counts, with what they mean.
 REASONS = {
@@ -46,12 +50,42 @@ REASONS = {
     "inconsistent_ohlc": "high < low, high < max(open, close) or low > min(open, close)",
     "duplicate_timestamp": "same timestamp as an earlier kept row",
     "non_monotonic_timestamp": "timestamp earlier than an earlier kept row",
+    "absurd_range": "high - low above --max-bar-range times the series' median close",
+    # Flagged, not skipped: a gap removes no row (--on-error=stop raises on it).
+    "long_gap": "more than --max-gap between two kept rows",
     # Loose sample files (whole files are skipped, not rows).
     "bad_sample_file": "a .zst sample that cannot be decoded as .npy/.npz",
     "sample_mismatch": "a sample/label whose shape or dtype differs from the first one",
 }
 
 PRICE_FIELDS = ("open", "high", "low", "close")
+
+# Defaults of ingest's --max-gap and --max-bar-range: a market closed two weeks (no
+# exchange holiday is that long) or a bar spanning the whole typical price is suspect.
+MAX_GAP = "14d"
+MAX_BAR_RANGE = 1.0
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def gap_ns(text):
+  """'90m', '6h', '14d', '2w' or plain seconds -> ns; '0' or '' turns the check off (0)."""
+  t = str(text or "0").strip().lower()
+  unit = _UNITS.get(t[-1:], None)
+  try:
+    n = float(t[:-1] if unit else t)
+  except ValueError:
+    n = -1
+  if not n >= 0:
+    raise IngestError(f"--max-gap={text!r}: expected a duration such as 90m, 6h or 14d")
+  return int(n * (unit or 1) * 10**9)
+
+
+def fmt_gap(ns):
+  """A duration as its largest whole unit or as hours: '20d', '36h', '90m'."""
+  for unit, sec in sorted(_UNITS.items(), key=lambda u: -u[1]):
+    if ns % (sec * 10**9) == 0:
+      return f"{ns // (sec * 10**9)}{unit}"
+  return f"{ns / 3.6e12:.2f}h"
 
 
 class Field:
@@ -86,7 +120,7 @@ class Checker:
     self.path, self.lines, self.ncol, self.row_lens = path, lines, ncol, row_lens
     self.time_text, self.mismatch_text = time_text, mismatch_text
 
-  def run(self, pre_code, ts, fields, prefix="", no_data=None):
+  def run(self, pre_code, ts, fields, prefix="", no_data=None, max_bar_range=MAX_BAR_RANGE):
     """Codes every row; returns (code per row, index of the first error or None).
 
     Args:
@@ -95,6 +129,7 @@ class Checker:
       fields: {bar column: Field}.
       prefix: put before the reason in messages (TqSdk: the symbol).
       no_data: TqSdk rows where the symbol has no bar (skipped, not an error).
+      max_bar_range: widest high - low of a bar in median closes (0: no check).
     """
     code = pre_code.copy()
     if no_data is not None:
@@ -113,6 +148,10 @@ class Checker:
       code[(code == OK) & neg] = NEGVOL
       ohlc = (h < l) | (h < np.maximum(o, c)) | (l > np.minimum(o, c))
       code[(code == OK) & ohlc] = OHLC
+      self.median_close = float(np.median(c[code == OK])) if (code == OK).any() else 0.0
+      if max_bar_range and self.median_close > 0:
+        code[(code == OK) & (h - l > max_bar_range * self.median_close)] = RANGE
+    self.max_bar_range = max_bar_range
     # Order among the rows that survive: each kept timestamp must beat the
     # running max of earlier kept ones (rows dropped here never raise it).
     idx = np.flatnonzero(code == OK)
@@ -157,6 +196,11 @@ class Checker:
         why = f"high {r['high']} < max(open {r['open']}, close {r['close']})"
       else:
         why = f"low {r['low']} > min(open {r['open']}, close {r['close']})"
+    elif c == RANGE:
+      r = {k: f[k].text(i).strip() for k in ("high", "low")}
+      why = (f"absurd range: high {r['high']} - low {r['low']} is more than "
+             f"{self.max_bar_range:g} x the series' median close {self.median_close:.6g} "
+             "(--max-bar-range)")
     else:  # DUP / BACK
       earlier = np.flatnonzero(self.code[:i] == OK)
       j = int(earlier[np.argmax(self.ts[earlier])])
@@ -165,6 +209,39 @@ class Checker:
              else f"timestamp {t} is earlier than {tj} on line {self.lines[j]} "
                   "(rows must be in increasing time order)")
     return f"{self.path}:{self.lines[i]}: {self.prefix}{why}"
+
+
+  def gaps(self, max_gap):
+    """`<file>:<line>: ...` of every step between kept rows longer than max_gap ns."""
+    keep = np.flatnonzero(self.code == OK)
+    if not max_gap or keep.size < 2:
+      return []
+    t = self.ts[keep]
+    out = []
+    for j in np.flatnonzero(np.diff(t) > max_gap):
+      a, b = keep[j], keep[j + 1]
+      gap = fmt_gap(int(t[j + 1] - t[j]))
+      out.append(f"{self.path}:{self.lines[b]}: {self.prefix}gap of {gap} since line "
+                 f"{self.lines[a]} ({fmt_ts(t[j])} -> {fmt_ts(t[j + 1])}) is longer than "
+                 f"--max-gap={fmt_gap(max_gap)}")
+    return out
+
+
+MAX_FLAGGED = 20  # Messages kept per series in the manifest (all are counted).
+
+
+def flag_suspicious(chk, max_gap, on_error):
+  """The suspicious rows of a checked series: ({reason: count}, first MAX_FLAGGED
+  `<file>:<line>: ...` messages). Gaps remove no row, so with on_error="stop" the
+  first one raises; absurd bars were already dropped (skip) or raised (stop)."""
+  gaps = chk.gaps(max_gap)
+  if gaps and on_error == "stop":
+    raise IngestError(gaps[0] + " (pass --max-gap=0 to allow it, or --on-error=skip "
+                      "to only report it)")
+  wide = [chk.message(i) for i in np.flatnonzero(chk.code == RANGE)[:MAX_FLAGGED]]
+  n_wide = int((chk.code == RANGE).sum())
+  found = {k: n for k, n in (("absurd_range", n_wide), ("long_gap", len(gaps))) if n}
+  return found, (wide + gaps)[:MAX_FLAGGED]
 
 
 def counts(code):

@@ -55,6 +55,9 @@ class Series:
   sha256: str
   kind: str  # "csv" or "tqsdk".
   extra_meta: dict
+  # Kept but suspicious (bar_checks.flag_suspicious): {reason: count} and the first messages.
+  flagged: dict = dataclasses.field(default_factory=dict)
+  flag_messages: list = dataclasses.field(default_factory=list)
 
 
 def check_on_error(on_error):
@@ -160,7 +163,7 @@ def _bar_columns(path, header):
   return cols, tcols
 
 
-def _read_generic(path, table, time_format, on_error):
+def _read_generic(path, table, time_format, on_error, max_gap, max_bar_range):
   """Generic OHLCV CSV -> one series named after the file stem."""
   header, columns, lines, lens, wrong = table
   cols, tcols = _bar_columns(path, header)
@@ -187,16 +190,16 @@ def _read_generic(path, table, time_format, on_error):
   chk = bar_checks.Checker(
       path, lines, len(header), lens,
       lambda i: f"unparsable time {tvals[int(i)].as_py()!r} (expected {fmt.name})")
-  code, first = chk.run(pre, ts, fields)
+  code, first = chk.run(pre, ts, fields, max_bar_range=max_bar_range)
   if first is not None and on_error == "stop":
     raise bar_checks.IngestError(chk.message(first))
   keep = code == bar_checks.OK
   return [Series(_stem(path), ts[keep], bar_checks.bars_from(fields, keep),
                  bar_checks.counts(code), notes, path, os.path.basename(path), "", "csv",
-                 {"time_format": fmt.name})]
+                 {"time_format": fmt.name}, *bar_checks.flag_suspicious(chk, max_gap, on_error))]
 
 
-def _read_tqsdk(path, table, on_error):
+def _read_tqsdk(path, table, on_error, max_gap, max_bar_range):
   """TqSdk DataDownloader export: one series per `<SYMBOL>.<field>` group."""
   header, columns, lines, lens, wrong = table
   want = {"open": "open", "high": "high", "low": "low", "close": "close",
@@ -261,9 +264,13 @@ def _read_tqsdk(path, table, on_error):
       no_data &= (f.code == bar_checks.EMPTY) | ((f.code == bar_checks.NONFIN)
                                                  & np.isnan(f.values))
     chk = bar_checks.Checker(path, lines, len(header), lens, time_text, mismatch_text)
-    code, first = chk.run(pre, ts, fields, prefix=f"{sym}: ", no_data=no_data)
+    code, first = chk.run(pre, ts, fields, prefix=f"{sym}: ", no_data=no_data,
+                          max_bar_range=max_bar_range)
     if first is not None and (first_err is None or first < first_err[0]):
       first_err = (first, chk)
+    # Gaps only once every row is valid (the row error is the first problem).
+    flagged = bar_checks.flag_suspicious(chk, max_gap, on_error) if first_err is None \
+        or on_error != "stop" else ({}, [])
     notes = []
     if "volume" not in cols:
       notes.append("no volume column: volume set to 0")
@@ -272,18 +279,26 @@ def _read_tqsdk(path, table, on_error):
     keep = code == bar_checks.OK
     out.append(Series(sym, ts[keep], bar_checks.bars_from(fields, keep),
                       bar_checks.counts(code), notes, path, os.path.basename(path), "",
-                      "tqsdk", {"time_format": "datetime_nano", "utc_offset": off_desc}))
+                      "tqsdk", {"time_format": "datetime_nano", "utc_offset": off_desc},
+                      *flagged))
   if first_err is not None and on_error == "stop":
     raise bar_checks.IngestError(first_err[1].message(first_err[0]))
   return out
 
 
-def read_csv_bytes(path, data, time_format, on_error):
-  """The series of one CSV's bytes (sha256 left empty for the caller)."""
+def read_csv_bytes(path, data, time_format, on_error, max_gap=None,
+                   max_bar_range=bar_checks.MAX_BAR_RANGE):
+  """The series of one CSV's bytes (sha256 left empty for the caller).
+
+  max_gap: longest step between kept rows, in ns (None: bar_checks.MAX_GAP; 0: any).
+  max_bar_range: widest high - low of a bar, in the series' median closes (0: any).
+  """
   table = csv_table.read_table(path, data)
+  if max_gap is None:
+    max_gap = bar_checks.gap_ns(bar_checks.MAX_GAP)
   if "datetime_nano" in table[0]:
-    return _read_tqsdk(path, table, on_error)
-  return _read_generic(path, table, time_format, on_error)
+    return _read_tqsdk(path, table, on_error, max_gap, max_bar_range)
+  return _read_generic(path, table, time_format, on_error, max_gap, max_bar_range)
 
 
 def read_csv_bars(path, time_format=None, on_error="stop"):

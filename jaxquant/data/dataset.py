@@ -87,12 +87,32 @@ def _iso(ns):
   return str(np.datetime64(int(ns), "ns").astype("datetime64[s]"))
 
 
+def ingest_flags(data_dir):
+  """What ingest flagged in data_dir (its manifest.json): ({reason: count}, first message);
+  ({}, None) for synthetic data or an older ingest."""
+  try:
+    with open(os.path.join(data_dir, "manifest.json")) as f:
+      manifest = json.load(f)
+  except (OSError, ValueError):
+    return {}, None
+  flagged = manifest.get("flagged") or {}
+  first = next((m for e in manifest.get("shards") or [] for m in e.get("flag_messages") or []),
+               None)
+  return flagged, first
+
+
 def describe_data(ds, data_dir):
-  """One line: where the data is, how much, and each split's size and positive rate."""
+  """One line: where the data is, how much, each split's size and positive rate, and what
+  ingest flagged as suspicious (long gaps, absurd bars)."""
   parts = [f"{name} {s['windows']:,} windows ({s['positive_rate']:.1%} positive)"
            for name, s in ds.summary()["splits"].items()]
-  return (f"Data {data_dir}: {len(ds.instruments)} instruments, {ds.features.shape[0]:,} "
+  line = (f"Data {data_dir}: {len(ds.instruments)} instruments, {ds.features.shape[0]:,} "
           "bars; " + "; ".join(parts))
+  flagged, first = ingest_flags(data_dir)
+  if flagged:
+    line += ("; ingest flagged " + ", ".join(f"{n} {k}" for k, n in flagged.items())
+             + (f" (first: {first}; all in manifest.json)" if first else ""))
+  return line
 
 
 def resolve_data_dir(data_config):
@@ -178,7 +198,42 @@ def _samples(offset, t, labels, ret, off, ts, inst_id):
           ts[t], off[t])
 
 
-def build_dataset(data_config, data_dir, normalizer=None):
+def _label_hint(data_config, more):
+  """What to change in config.data for more (or fewer) signal-class windows."""
+  if data_config.label_kind == "triple_barrier":
+    return (f"{'lower' if more else 'raise'} config.data.take_profit "
+            f"(now {data_config.take_profit:g}) or {'raise' if more else 'lower'} "
+            f"config.data.stop_loss (now {data_config.stop_loss:g}), or use more data")
+  return (f"{'lower' if more else 'raise'} config.data.label_threshold "
+          f"(now {data_config.label_threshold:g}), a longer horizon or more data" if more
+          else f"raise config.data.label_threshold (now {data_config.label_threshold:g})")
+
+
+def check_positives(split, data_config, data_dir):
+  """Refuses a split with no signal-class window (nothing to learn, a threshold chosen on
+  nothing, an F1 of nothing) or only signal-class windows (any model scores a perfect F1
+  by always signalling): one line naming the split, its counts and what to change.
+
+  Raises:
+    ValueError: the split is degenerate.
+  """
+  known = split.labels[split.labels >= 0]
+  pos = int((known == split.signal_class).sum())
+  if 0 < pos < len(known):
+    return
+  what = {"train": "nothing to learn", "val": "no threshold can be chosen on it",
+          "test": "no score can be measured on it", "all": "no score can be measured on it"}
+  counts = (f"{split.name} split of {data_dir} has {pos:,} positive (signal class "
+            f"{split.signal_class}) windows of {len(known):,}, class counts "
+            f"{np.bincount(known, minlength=split.signal_class + 1).tolist()}")
+  if pos == 0:
+    raise ValueError(f"{counts}: {what.get(split.name, what['all'])}; "
+                     f"{_label_hint(data_config, more=True)}")
+  raise ValueError(f"{counts}: every window is positive, so always signalling scores a "
+                   f"perfect F1; {_label_hint(data_config, more=False)}")
+
+
+def build_dataset(data_config, data_dir, normalizer=None, check_labels=True):
   """Loads shards, computes features and labels and splits them in time.
 
   All instruments are cut at the same two timestamps (splits.calendar_segments);
@@ -189,12 +244,15 @@ def build_dataset(data_config, data_dir, normalizer=None):
     data_dir: shard directory.
     normalizer: statistics to apply (from a checkpoint); None fits them on the
       training split of this data.
+    check_labels: refuse a split with no or only signal-class windows (check_positives);
+      False only for tests of the split geometry on arbitrary tiny markets.
 
   Returns:
     A Dataset with splits train / val / test and the cut timestamps.
 
   Raises:
-    ValueError: a split has no window in any instrument.
+    ValueError: a split has no window in any instrument, or no or only signal-class
+      windows (check_positives).
   """
   T, h = data_config.window, data_config.horizon
   feats, parts, names, train_rows, offset = [], {n: [] for n in splits_lib.SPLITS}, [], [], 0
@@ -225,6 +283,9 @@ def build_dataset(data_config, data_dir, normalizer=None):
           f"timestamps for all instruments, embargo={data_config.embargo} bars dropped "
           f"after each cut), and no instrument of {data_dir} has more than {most} there "
           "(use a smaller window, other val_fraction / test_fraction, or more data)")
+  for split, s in split_objs.items():
+    if check_labels:  # Before any model is built: training on it would report nonsense.
+      check_positives(s, data_config, data_dir)
   features = np.concatenate(feats)
   if normalizer is None:
     normalizer = features_lib.fit_normalizer(features, np.concatenate(train_rows))
@@ -254,6 +315,8 @@ def build_inference_set(data_config, data_dir, normalizer, labelled_only=False):
   if len(split) == 0:
     raise ValueError(f"{data_dir} has no complete window of {T} bars"
                      + (f" with a {h}-bar forward return" if labelled_only else ""))
+  if labelled_only:  # Evaluation data scored by F1: as degenerate as a test split would be.
+    check_positives(split, data_config, data_dir)
   return Dataset(features=features_lib.normalize(np.concatenate(feats), normalizer),
                  splits={"all": split}, instruments=names, normalizer=normalizer,
                  window=T, horizon=h, num_classes=num_classes)

@@ -3,7 +3,8 @@
 Command line::
 
     python -m jaxquant.data.ingest --out=DIR [--time-format=FMT] [--on-error=stop|skip]
-                                   [--instrument=NAME] [--chunk-rows=4096] INPUT...
+                                   [--instrument=NAME] [--chunk-rows=4096]
+                                   [--max-gap=14d] [--max-bar-range=1.0] INPUT...
 
 Each INPUT is a file or a folder (folders are scanned, non-recursively, for
 `*.csv` and `*.zst` in sorted name order). Three kinds of input:
@@ -19,7 +20,10 @@ Each INPUT is a file or a folder (folders are scanned, non-recursively, for
 Every row is validated (`csv_bars`, rules in `bar_checks`); with
 --on-error=stop (default) the first problem is reported as
 `<file>:<line>: <reason>` (line 1 is the header) and nothing is written;
-with --on-error=skip bad rows are dropped and counted per reason. Shards are
+with --on-error=skip bad rows are dropped and counted per reason. Suspicious data
+is named too: a bar whose high - low exceeds --max-bar-range median closes is a bad
+row; a gap longer than --max-gap between kept rows stops the ingest, or with skip is
+listed (file and line) under `flagged` in the summary and manifest. Shards are
 written atomically, then `manifest.json` last, so its presence marks a
 complete ingest. The output is a pure function of the input bytes:
 re-running gives byte-identical files. Both file formats are documented in
@@ -73,7 +77,7 @@ def _safe_name(instrument):
   return "_" + s if s.startswith(".") else s
 
 
-def _read_inputs(files, time_format, on_error):
+def _read_inputs(files, time_format, on_error, max_gap, max_bar_range):
   """Reads and validates every file: (bar series, loose samples, their files, skipped counts)."""
   series = []
   builder, sample_files, sample_skipped = None, [], {}
@@ -108,7 +112,7 @@ def _read_inputs(files, time_format, on_error):
                              "sha256": hashlib.sha256(data).hexdigest(),
                              "labeled": y is not None})
         continue
-    got = csv_bars.read_csv_bytes(path, payload, time_format, on_error)
+    got = csv_bars.read_csv_bytes(path, payload, time_format, on_error, max_gap, max_bar_range)
     for s in got:  # The sha256 is of the file as stored (compressed or not).
       s.sha256 = hashlib.sha256(data).hexdigest()
     series += got
@@ -179,7 +183,7 @@ def _write_samples(out_dir, name, builder, sample_files, sample_skipped):
 
 
 def ingest(inputs, out_dir, *, time_format=None, on_error="stop", instrument=None,
-           chunk_rows=4096):
+           chunk_rows=4096, max_gap=bar_checks.MAX_GAP, max_bar_range=bar_checks.MAX_BAR_RANGE):
   """Validates the inputs and writes shards + `manifest.json` to `out_dir`.
 
   Everything is read and validated before the first file is written, so
@@ -198,11 +202,17 @@ def ingest(inputs, out_dir, *, time_format=None, on_error="stop", instrument=Non
       and count bad rows / bad sample files).
     instrument: name for the single generic CSV input (default: file stem).
     chunk_rows: rows per compressed chunk in bar shards.
+    max_gap: longest time between two kept rows of a series ('90m', '6h', '14d',
+      seconds; 0 = any): a longer gap raises (stop) or is flagged (skip).
+    max_bar_range: widest high - low of a bar, in the series' median closes
+      (0 = any); a wider bar is a bad row (`absurd_range`).
 
   Returns:
     The summary dict: ``{"out_dir", "instruments": [{"instrument", "rows",
-    "first", "last", "skipped", "notes", "source", "shard"}], "samples":
-    {...} or None, "total_rows", "skipped", "manifest", "elapsed_s"}``.
+    "first", "last", "skipped", "flagged", "flag_messages", "notes", "source",
+    "shard"}], "samples": {...} or None, "total_rows", "skipped", "flagged",
+    "manifest", "elapsed_s"}`` (flagged: {reason: count} of the suspicious rows kept
+    or dropped; flag_messages: the first `<file>:<line>: ...` of them).
 
   Raises:
     bar_checks.IngestError: bad input or arguments (one-line message).
@@ -222,10 +232,14 @@ def ingest(inputs, out_dir, *, time_format=None, on_error="stop", instrument=Non
   out_dir = os.fspath(out_dir)
   if time_format is not None:
     bar_times.user_time_format(time_format)  # Fail early on a bad format.
+  gap = bar_checks.gap_ns(max_gap)
+  if isinstance(max_bar_range, bool) or not isinstance(max_bar_range, (int, float)) \
+          or not max_bar_range >= 0:
+    raise bar_checks.IngestError(f"--max-bar-range={max_bar_range!r}: expected a number >= 0")
 
   # Phase 1: read and validate everything.
   series, builder, sample_files, sample_skipped = _read_inputs(_expand(inputs), time_format,
-                                                               on_error)
+                                                               on_error, gap, max_bar_range)
   generic = [s for s in series if s.kind == "csv"]
   if instrument is not None:
     if len(generic) != 1 or not instrument:
@@ -247,14 +261,14 @@ def ingest(inputs, out_dir, *, time_format=None, on_error="stop", instrument=Non
   for name, s in plan:
     meta = {"generator": "jaxquant.data.ingest", "source": s.source_name,
             "source_sha256": s.sha256, "source_kind": s.kind, "skipped": s.skipped,
-            "notes": s.notes, **s.extra_meta}
+            "flagged": s.flagged, "notes": s.notes, **s.extra_meta}
     shards.write_shard(os.path.join(out_dir, name), s.instrument, s.timestamps, s.bars,
                        chunk_rows=int(chunk_rows), meta=meta)
     entries.append(_entry(s, os.path.join(out_dir, name)))
-    m_entries.append(_entry(s, name) | {"source_sha256": s.sha256})
+    m_entries.append(_manifest_entry(s, name))
   for s in unwritten:
     entries.append(_entry(s, None))
-    m_entries.append(_entry(s, None) | {"source_sha256": s.sha256})
+    m_entries.append(_manifest_entry(s, None))
   sample_entry, m_samples = _write_samples(out_dir, samples_name, builder, sample_files,
                                            sample_skipped)
 
@@ -265,12 +279,20 @@ def ingest(inputs, out_dir, *, time_format=None, on_error="stop", instrument=Non
   for k, v in sample_skipped.items():
     total_skipped[k] = total_skipped.get(k, 0) + v
   total_rows = sum(e["rows"] for e in entries)
+  flagged = {}
+  for e in entries:
+    for k, v in e["flagged"].items():
+      flagged[k] = flagged.get(k, 0) + v
+  flagged = dict(sorted(flagged.items()))
+  # Limits recorded so a reader (dataset.describe_data) can say what was checked.
   manifest = {"generator": "jaxquant.data.ingest", "shards": m_entries, "samples": m_samples,
-              "total_rows": total_rows, "skipped": dict(sorted(total_skipped.items()))}
+              "total_rows": total_rows, "skipped": dict(sorted(total_skipped.items())),
+              "flagged": flagged, "max_gap": bar_checks.fmt_gap(gap) if gap else None,
+              "max_bar_range": max_bar_range or None}
   io_utils.atomic_write_json(manifest_path, manifest)
   return {"out_dir": out_dir, "instruments": entries, "samples": sample_entry,
           "total_rows": total_rows, "skipped": dict(sorted(total_skipped.items())),
-          "manifest": manifest_path, "elapsed_s": time.perf_counter() - t0}
+          "flagged": flagged, "manifest": manifest_path, "elapsed_s": time.perf_counter() - t0}
 
 
 def _entry(s, shard):
@@ -279,8 +301,17 @@ def _entry(s, shard):
   return {"instrument": s.instrument, "rows": n,
           "first": bar_checks.fmt_ts(s.timestamps[0]) if n else None,
           "last": bar_checks.fmt_ts(s.timestamps[-1]) if n else None,
-          "skipped": s.skipped, "notes": notes, "source": s.source_name,
+          "skipped": s.skipped, "flagged": s.flagged, "flag_messages": s.flag_messages,
+          "notes": notes, "source": s.source_name,
           "time_format": s.extra_meta.get("time_format"), "shard": shard}
+
+
+def _manifest_entry(s, shard):
+  """_entry with the file's base name in messages: the manifest depends on bytes only."""
+  e = _entry(s, shard) | {"source_sha256": s.sha256}
+  e["flag_messages"] = [s.source_name + m[len(s.source):] if m.startswith(s.source) else m
+                        for m in e["flag_messages"]]
+  return e
 
 
 def format_summary(summary):
@@ -292,6 +323,11 @@ def format_summary(summary):
                f"  [from {e['source']}]")
     if e["skipped"]:
       out.append("    skipped: " + ", ".join(f"{k}={v}" for k, v in e["skipped"].items()))
+    for msg in e["flag_messages"]:
+      out.append(f"    flagged: {msg}")
+    if sum(e["flagged"].values()) > len(e["flag_messages"]):
+      out.append("    flagged: " + ", ".join(f"{k}={v}" for k, v in e["flagged"].items())
+                 + " in all (the manifest lists the first)")
     for note in e["notes"]:
       out.append(f"    note: {note}")
   s = summary["samples"]
@@ -323,6 +359,10 @@ def _define_flags():
                     "skip: drop bad rows and count them.")
   flags.DEFINE_string("instrument", None, "Instrument name for a single generic CSV input.")
   flags.DEFINE_integer("chunk_rows", 4096, "Rows per compressed shard chunk.")
+  flags.DEFINE_string("max_gap", bar_checks.MAX_GAP, "Longest time between two rows of a "
+                      "series (90m, 6h, 14d; 0 = any): longer stops, or with skip is flagged.")
+  flags.DEFINE_float("max_bar_range", bar_checks.MAX_BAR_RANGE, "Widest high - low of a bar, "
+                     "in the series' median closes (0 = any); wider is a bad row.")
 
 
 def main(argv):
@@ -334,7 +374,8 @@ def main(argv):
     cli.fail("no INPUT given (files or folders of *.csv / *.zst)", code=2)
   try:
     summary = ingest(argv[1:], fl.out, time_format=fl.time_format, on_error=fl.on_error,
-                     instrument=fl.instrument, chunk_rows=fl.chunk_rows)
+                     instrument=fl.instrument, chunk_rows=fl.chunk_rows,
+                     max_gap=fl.max_gap, max_bar_range=fl.max_bar_range)
   except ValueError as e:  # IngestError, ShardError: <file>:<line>: <reason>.
     cli.fail(e, code=2)
   except OSError as e:

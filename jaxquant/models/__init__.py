@@ -12,20 +12,39 @@ import jax.numpy as jnp
 from jaxquant.models import moe
 from jaxquant.models import resnet
 from jaxquant.models import rnn
+from jaxquant.models import settings
 from jaxquant.models import transformer
 
-# name → (module class, fixed keyword arguments). A new model: its module here + one config.
+# name → (module class, fixed keyword arguments, the Python module whose SETTINGS (and
+# optional CROSS_RULES) declare its config.model settings). A new model: its module
+# here + one config.
 _REGISTRY = {
-    "gru": (rnn.RNNClassifier, {"cell": "gru"}),
-    "lstm": (rnn.RNNClassifier, {"cell": "lstm"}),
-    "resnet": (resnet.ResNet, {}),
-    "transformer": (transformer.Transformer, {}),
-    "moe": (moe.MoETransformer, {}),
+    "gru": (rnn.RNNClassifier, {"cell": "gru"}, rnn),
+    "lstm": (rnn.RNNClassifier, {"cell": "lstm"}, rnn),
+    "resnet": (resnet.ResNet, {}, resnet),
+    "transformer": (transformer.Transformer, {}, transformer),
+    "moe": (moe.MoETransformer, {}, moe),
 }
 
 
 def names():
   return sorted(_REGISTRY)
+
+
+def check_model_config(model_config):
+  """Checks every declared setting of the model `model_config.name` names (config values,
+  else the module's defaults), then the rules between them.
+
+  Raises:
+    settings.SettingError: `config.model.<key>=<value> is invalid: <why>` (one line).
+  """
+  if model_config.name not in _REGISTRY:
+    raise settings.invalid("name", model_config.name, f"known models: {names()}")
+  module_cls, fixed, owner = _REGISTRY[model_config.name]
+  vals = settings.values(model_config, module_cls, fixed)
+  settings.check(owner.SETTINGS, vals)
+  for rule in getattr(owner, "CROSS_RULES", ()):
+    rule(vals)
 
 
 def build_model(model_config, num_classes, dtype=jnp.float32):
@@ -44,7 +63,7 @@ def build_model(model_config, num_classes, dtype=jnp.float32):
   if name not in _REGISTRY:
     raise ValueError(f"config.model.name={name!r} is not a known model; "
                      f"choose one of {names()}")
-  module_cls, fixed = _REGISTRY[name]
+  module_cls, fixed, _ = _REGISTRY[name]
   fields = set(module_cls.__dataclass_fields__)
   unknown = sorted(set(kwargs) - fields)
   if unknown:

@@ -18,10 +18,32 @@ import jax.numpy as jnp
 
 from jaxquant.models import dropout as dropout_lib
 from jaxquant.models import param_count
+from jaxquant.models import settings
 from jaxquant.models import transformer as transformer_lib
 
 # Leaves of MoEFeedForward that hold per-expert (stacked [E, ...]) weights.
 EXPERT_PARAM_NAMES = ("w_in", "b_in", "w_out", "b_out")
+
+# config.model's settings: the Transformer's and the experts' (models.check_model_config reads them).
+SETTINGS = {
+    **transformer_lib.SETTINGS,
+    "num_experts": settings.at_least(1),
+    "top_k": settings.at_least(1),
+    "capacity_factor": settings.above(0),
+    "expert_dim": settings.optional(settings.at_least(1)),
+    "aux_loss_weight": settings.at_least(0, float),
+    "z_loss_weight": settings.at_least(0, float),
+}
+
+
+def top_k_within_experts(vals):
+  """A token cannot pick more experts than there are."""
+  if vals["top_k"] > vals["num_experts"]:
+    raise settings.invalid("top_k", vals["top_k"],
+                           f"must be <= model.num_experts={vals['num_experts']}")
+
+
+CROSS_RULES = transformer_lib.CROSS_RULES + (top_k_within_experts,)
 
 
 def capacity(num_tokens: int, num_experts: int, top_k: int, capacity_factor: float) -> int:

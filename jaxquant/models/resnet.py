@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from jaxquant.models import dropout as dropout_lib
 from jaxquant.models import heads as heads_lib
 from jaxquant.models import planes
+from jaxquant.models import settings
 
 ModuleDef = Any
 
@@ -30,6 +31,16 @@ STAGE_SIZES = {10: (1, 1, 1, 1), 18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
 _PAD3 = ((1, 1), (1, 1))
 
 CONV_IMPLS = ("auto", "xla", "patches")
+
+# config.model's settings and their ranges (config_check reads them via models.check_model_config).
+SETTINGS = {
+    "depth": settings.one_of(tuple(STAGE_SIZES)),
+    "width": settings.at_least(1),
+    "plane_width": settings.at_least(1),
+    "head_features": settings.sizes(1),
+    "dropout": settings.fraction(),
+    "conv_impl": settings.one_of(CONV_IMPLS),
+}
 
 
 class PatchConv(nn.Module):

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 from jaxquant.models import dropout as dropout_lib
 from jaxquant.models import heads as heads_lib
 from jaxquant.models import lstm as lstm_lib
+from jaxquant.models import settings
 
 # Largest batch for which lstm_impl="auto" picks the hand-written LSTM (chosen by
 # hand-timing both on a 2-core CPU; no benchmark keeps the figures): a small batch
@@ -13,6 +14,15 @@ from jaxquant.models import lstm as lstm_lib
 # per-step weight gradients win.
 _FUSED_LSTM_MAX_BATCH = 32
 LSTM_IMPLS = ("auto", "fused", "scan")
+
+# config.model's settings and their ranges (config_check reads them via models.check_model_config).
+SETTINGS = {
+    "cell": settings.one_of(("gru", "lstm")),
+    "hidden": settings.at_least(1),
+    "num_layers": settings.at_least(1),
+    "dropout": settings.fraction(),
+    "lstm_impl": settings.one_of(LSTM_IMPLS),
+}
 
 
 class RNNClassifier(nn.Module):

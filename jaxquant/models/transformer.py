@@ -17,6 +17,34 @@ import numpy as np
 from jaxquant.models import attention as attention_lib
 from jaxquant.models import dropout as dropout_lib
 from jaxquant.models import heads as heads_lib
+from jaxquant.models import settings
+
+# config.model's settings and their ranges (config_check reads them via models.check_model_config).
+SETTINGS = {
+    "d_model": settings.at_least(1),
+    "num_heads": settings.at_least(1),
+    "num_layers": settings.at_least(1),
+    "mlp_dim": settings.at_least(1),
+    "attention_radius": settings.at_least(0),
+    "causal": settings.boolean(),
+    "attention": settings.one_of(("local", "dense")),
+    "positions": settings.one_of(("learned", "sinusoidal")),
+    "max_len": settings.at_least(1),
+    "dropout": settings.fraction(),
+    "head_dropout": settings.fraction(),
+    "pooling": settings.one_of(("mean", "last")),
+}
+
+
+def heads_divide_width(vals):
+  """Each head takes d_model // num_heads channels: they must divide evenly."""
+  if vals["d_model"] % vals["num_heads"]:
+    raise settings.invalid("num_heads", vals["num_heads"],
+                           f"model.d_model={vals['d_model']} must be a multiple of it")
+
+
+# Rules between fields, checked after each field passed SETTINGS.
+CROSS_RULES = (heads_divide_width,)
 
 
 def sinusoidal_positions(seq_len: int, d_model: int):
