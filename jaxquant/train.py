@@ -86,8 +86,10 @@ def _prepare(config, workdir, force, log, lead, lock):
   store = checkpoints_lib.CheckpointStore(os.path.join(workdir, "checkpoints"),
                                           keep_best=config.eval.keep_best)
   fingerprint = resume_lib.run_fingerprint(config, ds, data_dir)
-  state, progress, history = resume_lib.resume(store, state, fingerprint, workdir, force, log)
+  # Placed first, so a resume restores straight into the run's shardings (a host-local
+  # restore then device_put would need cross-host transfers, which XLA:CPU lacks).
   state = setup.steps.place_state(state)
+  state, progress, history = resume_lib.resume(store, state, fingerprint, workdir, force, log)
   if lead:
     io_utils.atomic_write_text(os.path.join(workdir, "config.json"),
                                config.to_json_best_effort(indent=2))

@@ -199,10 +199,6 @@ def test_slurm_run_killed_resumes_like_any_other(cluster):
 
   # The same command again resumes and finishes.
   again = subprocess.run(cmd, cwd=caller, env=env, capture_output=True, text=True, timeout=300)
-  if again.returncode != 0 and "does not support cross-host device transfers" in again.stderr:
-    pytest.xfail("known: a 2-process run on CPU does not resume (after 'Resuming at epoch 2, "
-                 "batch 0' both processes stop with 'error: The backend ... does not support "
-                 "cross-host device transfers'; launch.sh --nproc=2 too, HEAD e3ecfa7)")
   assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
   assert "0: epoch   1 " not in again.stdout and "0: epoch   2 " in again.stdout, again.stdout
   _same_report(caller, workdir)
