@@ -29,8 +29,19 @@ class Interrupted(BaseException):
     self.signame = signame
 
 
+_received = []  # Signals _interrupt raised for: a library callback may swallow the raise.
+
+
 def _interrupt(signum, _):
-  raise Interrupted(signal.Signals(signum).name)
+  _received.append(signal.Signals(signum).name)
+  raise Interrupted(_received[-1])
+
+
+def raise_if_interrupted():
+  """Raises Interrupted for a signal whose raise was swallowed (XLA's gc callback, for
+  one, ignores exceptions): phases call this at their boundaries."""
+  if _received:
+    raise Interrupted(_received[-1])
 
 
 def catch_interrupts():

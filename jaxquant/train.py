@@ -192,6 +192,7 @@ def train_and_evaluate(config, workdir, force=False):
   t_start = time.time()
   try:
     run, state, progress, history = prepare(config, workdir, force, log)
+    cli.raise_if_interrupted()
   except cli.Interrupted as e:  # Data, model or resume: nothing of this run saved yet.
     raise cli.Interrupted(e.signame, f"{e.signame} during start-up (data, model, resume): "
                           "stopped before training; nothing was saved by this run") from None
