@@ -488,8 +488,9 @@ def concurrent_trials(n, root, data, expected, timeout=300, log=print):
 
 
 # Lines after which a signal lands in start-up (before the training loop) or in the final
-# evaluation ("== <run>: checkpoint of epoch ..." opens the report).
-TERM_AFTER = {"term_startup": ("Workdir: ", "Data ", "Model "), "term_eval": ("== ",)}
+# evaluation (the last epoch's line: its checkpoint is saved, the evaluation starts; the
+# "== <run>" summary is printed only once the report is written).
+TERM_AFTER = {"term_startup": ("Workdir: ", "Data ", "Model "), "term_eval": ("epoch   3 ",)}
 
 
 def term_trials(kind, n, root, data, expected, rng, timeout=300, log=print):

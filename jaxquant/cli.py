@@ -179,5 +179,10 @@ def run(main, distributed=True, positional=False, flags_parser=None, flag_error_
     setup_process(distributed)
     if len(argv) > 1 and not positional:
       fail(f"unexpected arguments {argv[1:]}")
-    return _guarded(main, argv)
+    result = _guarded(main, argv)
+    # The work is done and written: a signal from here on (interpreter shutdown, where
+    # Python drops its handlers) would only turn a finished run's exit 0 into a kill.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      signal.signal(sig, signal.SIG_IGN)
+    return result
   app.run(wrapped, flags_parser=flags_parser)
