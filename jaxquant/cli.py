@@ -48,6 +48,12 @@ def catch_interrupts():
   """SIGTERM/SIGINT raise Interrupted (the training loop swaps in its own handler)."""
   for sig in (signal.SIGTERM, signal.SIGINT):
     signal.signal(sig, _interrupt)
+  default_hook = sys.unraisablehook
+
+  def unraisable(u):  # A raise a callback swallowed: raise_if_interrupted raises it again.
+    if not isinstance(u.exc_value, Interrupted):
+      default_hook(u)
+  sys.unraisablehook = unraisable
 
 
 def one_line(message):
