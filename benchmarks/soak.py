@@ -416,6 +416,10 @@ _FSIZE_LIMITED = ("import os, resource, sys; n = int(sys.argv[1]); "
                   "os.execv(sys.argv[2], sys.argv[2:])")
 
 
+# What a full-disk line says: the errno texts of ENOSPC, EDQUOT and EFBIG, or ours.
+_FULL_WORDS = ("no space", "disk", "quota", "file too large", "size limit")
+
+
 def disk_full_trials(n, root, data, rng, timeout=300, log=print):
   """Part 3: training with TensorBoard on under a file-size limit of a random size."""
   rows = []
@@ -430,7 +434,7 @@ def disk_full_trials(n, root, data, rng, timeout=300, log=print):
       verdict, message = _verdict(p.returncode, p.stderr), _error_line(p.stderr)
       if p.returncode == 0:
         outcome = "limit not reached"
-      elif verdict == "one line" and any(w in message.lower() for w in ("disk", "space", "size")):
+      elif verdict == "one line" and any(w in message.lower() for w in _FULL_WORDS):
         outcome = "clear error"
       else:
         outcome = f"UNCLEAR ({verdict}, exit {p.returncode})"

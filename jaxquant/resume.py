@@ -39,6 +39,23 @@ class Preemption:
   def _handle(self, signum, _):
     self.requested = signal.Signals(signum).name
 
+  def agreed(self, batch=None, every=8):
+    """The signal every process stops on, or None: all stop at the same batch.
+
+    With several processes each has its own flag (scancel's SIGTERMs land apart,
+    or on one task only); the save is collective, so they agree by an allgather
+    at every `every`-th batch (`batch`) or wherever all call it with None.
+    """
+    if jax.process_count() == 1:
+      return self.requested
+    if batch is not None and batch % every:
+      return None
+    from jax.experimental import multihost_utils  # (Multi-process runs only.)
+    mine = signal.Signals[self.requested].value if self.requested else 0
+    agreed = int(np.max(multihost_utils.process_allgather(np.int32(mine))))
+    self.requested = signal.Signals(agreed).name if agreed else None
+    return self.requested
+
   def __exit__(self, *exc):
     for sig, old in self._old.items():
       signal.signal(sig, old)

@@ -127,7 +127,7 @@ def train_epoch(run, state, epoch, progress, rng, preemption):
         return state, None, (
             f"{bad_streak} consecutive steps with a non-finite loss or gradient (last at step "
             f"{int(state.step)}); updates were skipped, the last good checkpoint is kept")
-    if preemption.requested:
+    if preemption.agreed(i, every=1 if i == run.steps_per_epoch else 8):
       progress.update(epoch=epoch, batch=i, partial={
           k: v.tolist() for k, v in _stack_host(partial, step_metrics).items()})
       run.store.save(int(state.step), state, {
@@ -235,7 +235,7 @@ def _train_and_evaluate(run, state, progress, history, t_start):
             log(f"STOP: {stop_reason}")
           break
       run.store.close()  # Under the flag handler: a signal must not land inside Orbax.
-    if preemption.requested:  # It came during the last epoch's validation or save.
+    if preemption.agreed():  # It came during the last epoch's validation or save.
       raise cli.Interrupted(preemption.requested)
     tb.close()
     if lead and history:

@@ -1,8 +1,8 @@
 """Run by tests/test_parallel.py in a subprocess (device count is fixed at jax import).
 
   python tests/dist_worker.py steps MODEL OUT.npz       a few train steps on random data
-  python tests/dist_worker.py train WORKDIR DATA        a tiny train_and_evaluate
-  python tests/dist_worker.py train_moe WORKDIR DATA    the same, tiny MoE on mesh.expert=2
+  python tests/dist_worker.py train_moe WORKDIR DATA    a tiny MoE run on mesh.expert=2
+  python tests/dist_worker.py agree                     a SIGTERM on process 1 only
 """
 
 import os
@@ -84,12 +84,6 @@ def _grad_absmax(model, loss_fn, state, batch):
   return jax.tree.map(lambda x: jnp.abs(x).max(), jax.grad(objective)(state.params))
 
 
-def run_train(workdir, data_dir):
-  from conftest import tiny_config  # This script's folder, tests/, is on sys.path.
-  cli.initialize_distributed()
-  train.train_and_evaluate(tiny_config(data_dir, {"train.epochs": 2}), workdir)
-
-
 def run_train_moe(workdir, data_dir):
   """The quick MoE, experts split over 2 devices (its saved mesh needs an even count)."""
   from conftest import tiny_config
@@ -99,10 +93,28 @@ def run_train_moe(workdir, data_dir):
   train.train_and_evaluate(config, workdir)
 
 
+def run_agree():
+  """Process 1 alone gets a SIGTERM at batch 3; both must stop at the same batch."""
+  import signal
+  from jaxquant import resume
+  cli.initialize_distributed()
+  with resume.Preemption() as preemption:
+    for batch in range(1, 17):
+      if batch == 3 and jax.process_index() == 1:
+        os.kill(os.getpid(), signal.SIGTERM)
+      stop = preemption.agreed(batch)
+      if stop:
+        print(f"process {jax.process_index()} stops at batch {batch} on {stop}", flush=True)
+        break
+    print(f"process {jax.process_index()} after the loop: {preemption.agreed()}", flush=True)
+
+
 if __name__ == "__main__":
-  if sys.argv[1] == "steps":
+  if sys.argv[1] == "agree":
+    run_agree()
+  elif sys.argv[1] == "steps":
     run_steps(sys.argv[2], sys.argv[3])
   elif sys.argv[1] == "train_moe":
     run_train_moe(sys.argv[2], sys.argv[3])
   else:
-    run_train(sys.argv[2], sys.argv[3])
+    raise SystemExit(f"unknown mode {sys.argv[1]!r}")

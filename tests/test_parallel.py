@@ -8,6 +8,9 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import tiny_flags
+from test_launch import EPOCHS, LAUNCH, launch_env, two_process_run
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, "dist_worker.py")
 
@@ -57,22 +60,28 @@ def test_eight_devices_match_one(model, tmp_path):
 
 
 def test_two_processes_train_together_like_one(tmp_path):
-  data = str(tmp_path / "data")
-  _wait(_run(["train", str(tmp_path / "single"), data], devices=2))
-  port = 20000 + os.getpid() % 20000
-  procs = [_run(["train", str(tmp_path / "multi"), data], devices=1, extra_env={
-      "JAXQUANT_COORDINATOR": f"127.0.0.1:{port}", "JAXQUANT_NUM_PROCESSES": "2",
-      "JAXQUANT_PROCESS_ID": str(i)}) for i in range(2)]
-  outs = [_wait(p) for p in procs]
-  assert "2 process(es)" in outs[0]
+  """tests/test_launch.py's `launch.sh --nproc=2` run (one device each) against the same
+  command in one process with 2 devices."""
+  caller, multi = two_process_run()
+  assert multi.returncode == 0, multi.stderr[-2000:]
+  single = subprocess.run(
+      [LAUNCH, "configs/gru.py:quick", f"--workdir={tmp_path / 'single'}",
+       *tiny_flags(os.path.join(caller, "data"), EPOCHS)], cwd=caller, capture_output=True,
+      env=launch_env(XLA_FLAGS="--xla_force_host_platform_device_count=2"), text=True,
+      timeout=400)
+  assert single.returncode == 0, (single.stdout + single.stderr)[-3000:]
+  assert "2 cpu device(s) in 1 process(es)" in single.stdout, single.stdout[:2000]
+  assert any(l.startswith("[0] 2 cpu device(s) in 2 process(es)")
+             for l in multi.stdout.splitlines())
+  multi_dir = os.path.join(caller, "run")
   single = [json.loads(l) for l in open(tmp_path / "single" / "metrics.jsonl")]
-  multi = [json.loads(l) for l in open(tmp_path / "multi" / "metrics.jsonl")]
-  assert len(single) == len(multi) == 2
+  multi = [json.loads(l) for l in open(os.path.join(multi_dir, "metrics.jsonl"))]
+  assert len(single) == len(multi) == EPOCHS["train.epochs"]
   for s, m in zip(single, multi):
     for key in ("train_loss", "val_loss", "val_roc_auc", "val_f1"):
       np.testing.assert_allclose(s[key], m[key], rtol=1e-4, err_msg=key)
   rs = json.load(open(tmp_path / "single" / "report.json"))
-  rm = json.load(open(tmp_path / "multi" / "report.json"))
+  rm = json.load(open(os.path.join(multi_dir, "report.json")))
   np.testing.assert_allclose(rs["test"]["roc_auc"], rm["test"]["roc_auc"], rtol=1e-4)
 
   # Restore anywhere: the run trained sharded over 2 devices, evaluated here on 1.
@@ -84,6 +93,18 @@ def test_two_processes_train_together_like_one(tmp_path):
     assert here[split]["confusion"] == rs[split]["confusion"]
     np.testing.assert_allclose(here[split]["roc_auc"], rs[split]["roc_auc"], rtol=1e-5)
 
+
+
+def test_a_signal_on_one_process_stops_every_process_at_the_same_batch():
+  """scancel's SIGTERMs land apart (or on one task): the collective save needs all."""
+  port = 20000 + (os.getpid() + 7) % 20000
+  procs = [_run(["agree"], extra_env={
+      "JAXQUANT_COORDINATOR": f"127.0.0.1:{port}", "JAXQUANT_NUM_PROCESSES": "2",
+      "JAXQUANT_PROCESS_ID": str(i)}) for i in range(2)]
+  outs = [_wait(p, timeout=120) for p in procs]
+  for i, out in enumerate(outs):
+    assert f"process {i} stops at batch 8 on SIGTERM" in out, out[-2000:]
+    assert f"process {i} after the loop: SIGTERM" in out, out[-2000:]
 
 
 def test_restore_mesh_fits_the_devices_here():
