@@ -2,6 +2,7 @@
 
     python benchmarks/soak.py                      # 12 kill trials + 300 corrupt inputs
     python benchmarks/soak.py --kills=4 --corruptions=60 --out=   # quicker, no docs update
+    python benchmarks/soak.py --only=corrupt       # part 2 alone (on a market of its own)
     python benchmarks/soak.py --kills=0 --corruptions=0 --bit_flips=3 --disk_full=1 \
         --concurrent=1 --term_startup=1 --term_eval=1 --out=   # each hostile trial once
 
@@ -17,12 +18,16 @@ the reference exactly; a run that does not end within its timeout counts as a ha
 Only trials that were really interrupted count: a signal that arrives after the
 run has finished (exit 0 without "saved a checkpoint"), or a KILL@save that finds
 no save to kill, interrupts nothing; a trial with no real interruption is listed
-as "not interrupted" and left out of the identical count.
+as "not interrupted" and left out of the identical count, and trials go on until
+--kills of them were interrupted (signal times are drawn within the reference's
+training time, so most are).
 
-Part 2, corrupt inputs. Copies of the run's shard directory get one random
-corruption in one shard: 1-8 random bit flips, a truncation at a random length,
-a zeroed 64-byte span, trailing garbage, an empty file, or a newer format
-version. Each copy is loaded through the training pipeline in-process
+Part 2, corrupt inputs. Copies of the run's shard directory (Parquet shards and
+the manifest.json recording their sha256) get one random corruption in one shard:
+1-8 random bit flips, a truncation at a random length, a zeroed 64-byte span,
+trailing garbage, an empty file, or a newer format version (the file rewritten
+with the next version in its metadata and its manifest entry updated, as a newer
+jaxquant would write it). Each copy is loaded through the training pipeline in-process
 (`build_dataset` and every window of every split, under a 60 s alarm) and
 classified: a clear error (a ValueError naming the corrupted file), an unclear
 error (any other exception, or one that does not name the file), garbage (no
@@ -130,6 +135,19 @@ def _finish(cmd, timeout):
   return p.stdout
 
 
+def _training_seconds(cmd, timeout):
+  """Runs `cmd` to the end; the seconds from training's start (as _interrupt times it)."""
+  proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True)
+  t0 = time.time()
+  for line in proc.stdout:
+    if line.startswith("Model "):
+      t0 = time.time()
+  if proc.wait(timeout=timeout) != 0:
+    raise RuntimeError(f"reference run failed (exit {proc.returncode})")
+  return time.time() - t0
+
+
 def _interrupt(cmd, mode, delay, timeout):
   """Starts `cmd` and interrupts it: `mode` is a signal name, or KILL@save."""
   proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -173,11 +191,14 @@ def kill_trials(n, root, rng, timeout=300, log=print):
   data = os.path.join(root, "data")
   ref_dir = os.path.join(root, "reference")
   t0 = time.time()
-  _finish(run_command(ref_dir, data), timeout)
+  train_seconds = _training_seconds(run_command(ref_dir, data), timeout)
   ref_seconds = time.time() - t0
   expected = results(ref_dir)
   rows = []
-  for trial in range(n):
+  # Until n trials were really interrupted (a signal can still land after the end).
+  for trial in range(3 * n):
+    if sum(r["outcome"] != "not interrupted" for r in rows) == n:
+      break
     workdir = os.path.join(root, f"trial{trial}")
     cmd = run_command(workdir, data)
     plan = [rng.choice(["SIGTERM", "SIGINT", "SIGKILL", "KILL@save"])
@@ -185,7 +206,7 @@ def kill_trials(n, root, rng, timeout=300, log=print):
     events, outcome, hits = [], None, 0
     try:
       for mode in plan:
-        delay = rng.uniform(0.0, 0.8 * ref_seconds)
+        delay = rng.uniform(0.0, 0.8 * train_seconds)
         code, out = _interrupt(cmd, mode, delay, timeout)
         hit = interrupted(code, out)
         hits += hit
@@ -231,15 +252,37 @@ def corrupt(path, kind, rng):
     data = bytearray()
     what = "emptied"
   elif kind == "newer_version":
-    data[8:12] = (2).to_bytes(4, "little")  # u32 version after the 8-byte magic.
-    what = "format version set to 2"
+    data, version = _newer_version(path)
+    what = f"rewritten as format v{version}, manifest updated"
   else:
     raise ValueError(kind)
   if kind == "zero_span" and data == bytearray(open(path, "rb").read()):
     what += " (already zero)"
   with open(path, "wb") as f:
     f.write(bytes(data))
+  if kind == "newer_version":  # A newer jaxquant writes a manifest that matches its files.
+    manifest = os.path.join(os.path.dirname(path), "manifest.json")
+    m = json.load(open(manifest))
+    m["shard_files"][os.path.basename(path)] = {
+        "bytes": len(data), "sha256": hashlib.sha256(bytes(data)).hexdigest()}
+    with open(manifest, "w") as f:
+      json.dump(m, f)
   return what
+
+
+def _newer_version(path):
+  """The bytes of the Parquet shard at `path` with its format version one higher (written
+  with pyarrow alone, not with the code under test), and that version."""
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+  with pq.ParquetFile(path) as pf:
+    table, kv = pf.read(), dict(pf.metadata.metadata)
+  version = int(kv[b"jaxquant.format_version"]) + 1
+  kv[b"jaxquant.format_version"] = str(version).encode()
+  sink = pa.BufferOutputStream()
+  pq.write_table(table.replace_schema_metadata(kv), sink, compression="zstd",
+                 write_page_checksum=True)
+  return bytearray(sink.getvalue().to_pybytes()), version
 
 
 def _load_everything(data_dir, data_config):
@@ -265,7 +308,8 @@ def corruption_trials(n, root, rng, cli_every=25, log=print):
   data_config.window = 16
   clean_dir = os.path.join(root, "data")
   clean = _load_everything(clean_dir, data_config)
-  shards = sorted(f for f in os.listdir(clean_dir) if f.endswith(".jqs"))
+  from jaxquant.data import shards as shards_lib
+  shards = sorted(f for f in os.listdir(clean_dir) if f.endswith(shards_lib.SHARD_SUFFIX))
 
   def on_alarm(*_):
     raise _Alarm()
@@ -634,7 +678,8 @@ def to_markdown(kills, ref_seconds, corruptions, command, seconds, load, hostile
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--kills", type=int, default=12, help="kill/resume trials")
+  parser.add_argument("--kills", type=int, default=12,
+                      help="kill/resume trials that interrupt a live run (at most 3x tried)")
   parser.add_argument("--corruptions", type=int, default=300, help="corrupted shard copies")
   parser.add_argument("--cli_every", type=int, default=25,
                       help="also run the command line on every n-th copy (0 = never)")
@@ -648,9 +693,17 @@ def main():
   parser.add_argument("--term_eval", type=int, default=3,
                       help="SIGTERM during the final evaluation")
   parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--out", default=os.path.join(ROOT, "docs", "robustness.md"),
-                      help="markdown file whose '## Soak' section is replaced ('' = none)")
+  parser.add_argument("--only", choices=("corrupt",), default=None,
+                      help="corrupt: part 2 alone, on a market it generates (2 instruments "
+                      "x 6 days, as the runs'); the docs are left alone unless --out is given")
+  parser.add_argument("--out", default=None,
+                      help="markdown file whose '## Soak' section is replaced ('' = none; "
+                      "default docs/robustness.md, none with --only)")
   args = parser.parse_args()
+  if args.out is None:
+    args.out = "" if args.only else os.path.join(ROOT, "docs", "robustness.md")
+  if args.only == "corrupt":
+    return corrupt_only(args)
   rng = random.Random(args.seed)
   t0, load0 = time.time(), os.getloadavg()[0]
   root = tempfile.mkdtemp(prefix="jaxquant-soak-")
@@ -686,6 +739,31 @@ def main():
   print(f"identical={same}/{len(hit)} clear_errors={clear}/{len(corruptions)} hangs={hangs} "
         f"hostile={good}/{tested}")
 
+
+
+def corrupt_only(args):
+  """`--only=corrupt`: part 2 on a freshly generated market, its table and count line."""
+  from jaxquant.data import synth
+  rng = random.Random(args.seed)
+  t0, load0 = time.time(), os.getloadavg()[0]
+  root = tempfile.mkdtemp(prefix="jaxquant-soak-")
+  try:
+    synth.write_market(os.path.join(root, "data"), instruments=2, days=6, signal=1.0, seed=0,
+                       progress=False)
+    corruptions = corruption_trials(args.corruptions, root, rng, cli_every=args.cli_every)
+  finally:
+    shutil.rmtree(root, ignore_errors=True)
+  command = f"python benchmarks/soak.py --only=corrupt --corruptions={args.corruptions}" + (
+      f" --seed={args.seed}" if args.seed else "")
+  md = to_markdown([], 0.0, corruptions, command, time.time() - t0,
+                   (load0, os.getloadavg()[0]))
+  print(md)
+  if args.out:
+    from jaxquant import io_utils
+    io_utils.replace_markdown_section(args.out, "## Soak", md, title="Robustness")
+  clear = sum(r["outcome"].startswith("clear") for r in corruptions)
+  hangs = sum(r["outcome"] == "HANG" for r in corruptions)
+  print(f"clear_errors={clear}/{len(corruptions)} hangs={hangs}")
 
 if __name__ == "__main__":
   main()

@@ -121,6 +121,7 @@ def compare(specs, workdir, seeds, overrides=()):
     for seed in range(seeds):
       c = base.copy_and_resolve_references()
       c.train.seed = seed
+      c.eval.trials = len(configs) * seeds  # The Deflated Sharpe's N: every run compared.
       run_dir = os.path.join(workdir, f"{c.name}-seed{seed}")
       print(f"=== {spec} seed {seed} → {run_dir}", flush=True)
       t0 = time.time()

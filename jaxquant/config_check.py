@@ -1,6 +1,7 @@
 """Checks a config before any work starts; every message names the offending key."""
 
 import difflib
+import math
 import sys
 
 import ml_collections
@@ -9,8 +10,13 @@ import numpy as np
 from jaxquant import config_defaults
 from jaxquant import losses
 from jaxquant import models
+from jaxquant import trades
+from jaxquant import verdict
 from jaxquant.data import dataset
+from jaxquant.data import features
+from jaxquant.data import instruments
 from jaxquant.data import labels
+from jaxquant.data import rolls
 from jaxquant.data import sampling
 
 
@@ -96,15 +102,19 @@ def validate(config):
       raise ConfigError(f"config has no section {section!r}")
   _check_known_keys(config)
   d, t, e = config.data, config.train, config.eval
-  _require(d.source in ("synthetic", "shards"), "data.source", d.source,
-           "use 'synthetic' or 'shards'")
+  _require(d.source in ("synthetic", "shards", "samples"), "data.source", d.source,
+           "use 'synthetic', 'shards' or 'samples'")
   _require(d.source == "synthetic" or d.dir, "data.dir", d.dir,
-           "set the shard directory for data.source='shards'")
+           f"set the ingested directory for data.source={d.source!r}")
   if d.source == "synthetic":
     _require(d.synth.instruments >= 1, "data.synth.instruments", d.synth.instruments, "must be >= 1")
     _require(d.synth.days >= 1, "data.synth.days", d.synth.days, "must be >= 1")
     _require(d.synth.signal >= 0, "data.synth.signal", d.synth.signal, "must be >= 0")
   _require(d.window >= 1, "data.window", d.window, "must be >= 1")
+  try:  # Feature names and parameters (a user function imported), before any data is read.
+    features.resolve_features(d.features)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
   try:  # Checks the label keys on a dummy bar, before any data is read.
     labels.make_labels(dataset.label_config(d), np.ones((2, 6)))
   except ValueError as e:
@@ -122,6 +132,13 @@ def validate(config):
            "must be >= 0")
   _require(d.horizon >= 1, "data.horizon", d.horizon, "must be >= 1")
   _require(d.embargo >= 0, "data.embargo", d.embargo, "must be >= 0")
+  _require(d.normalization in instruments.NORMALIZATIONS, "data.normalization",
+           d.normalization, f"use one of {instruments.NORMALIZATIONS}")
+  _require(d.normalization == "pooled" or d.source != "samples", "data.normalization",
+           d.normalization, "samples carry no instrument: use 'pooled' with data.source='samples'")
+  _require(d.roll.by in rolls.ROLL_BY, "data.roll.by", d.roll.by, f"use one of {rolls.ROLL_BY}")
+  _require(d.roll.adjust in rolls.ROLL_ADJUST, "data.roll.adjust", d.roll.adjust,
+           f"use one of {rolls.ROLL_ADJUST}")
   for key in ("val_fraction", "test_fraction"):
     _require(0 < d[key] < 1, f"data.{key}", d[key], "must be in (0, 1)")
   _require(d.val_fraction + d.test_fraction < 1, "data.test_fraction", d.test_fraction,
@@ -165,3 +182,25 @@ def validate(config):
   _require(e.keep_best >= 1, "eval.keep_best", e.keep_best, "must be >= 1")
   _require(e.calibration in ("none", "temperature"), "eval.calibration", e.calibration,
            "use 'none' or 'temperature'")
+  _check_backtest(config)
+
+
+def _check_backtest(config):
+  """eval's threshold objective and trials, and the backtest's costs."""
+  e, b = config.eval, config.get("backtest") or config_defaults.get_config().backtest
+  _require(e.threshold_objective in verdict.THRESHOLD_OBJECTIVES, "eval.threshold_objective",
+           e.threshold_objective, f"use one of {verdict.THRESHOLD_OBJECTIVES}")
+  _require(e.threshold_objective != "net_return" or config.data.source != "samples",
+           "eval.threshold_objective", e.threshold_objective,
+           "data.source='samples' has no bars to backtest: use 'f1' or 'precision'")
+  _require(e.min_signals >= 1, "eval.min_signals", e.min_signals, "must be >= 1")
+  _require(e.trials >= 1, "eval.trials", e.trials, "must be >= 1")
+  _require(b.fill in trades.FILLS, "backtest.fill", b.fill, f"use one of {trades.FILLS}")
+  _require(b.commission_kind in trades.COMMISSION_KINDS, "backtest.commission_kind",
+           b.commission_kind, f"use one of {trades.COMMISSION_KINDS}")
+  for key in ("tick_size", "multiplier"):
+    _require(math.isfinite(b[key]) and b[key] > 0, f"backtest.{key}", b[key], "must be > 0")
+  for key in ("commission", "slippage_ticks"):
+    _require(math.isfinite(b[key]) and b[key] >= 0, f"backtest.{key}", b[key], "must be >= 0")
+  _require(b.commission_kind == "per_contract" or b.commission < 1, "backtest.commission",
+           b.commission, "a per_turnover commission is a fraction of turnover: must be < 1")

@@ -17,13 +17,14 @@ def get_config(arg=None):
   c.name = "default"  # Run name: used for the default workdir runs/<name>-<timestamp>.
 
   c.data = ml_collections.ConfigDict()
-  c.data.source = "synthetic"  # "synthetic" (generated into data.dir if missing) or "shards".
+  c.data.source = "synthetic"  # "synthetic" (generated into data.dir if missing), "shards" or "samples" (an ingested sample folder).
   c.data.dir = ""  # Shard directory; "" = data/<synthetic parameters> for synthetic data.
   c.data.synth = ml_collections.ConfigDict()
   c.data.synth.instruments = 4  # Instruments of the synthetic market.
   c.data.synth.days = 30  # Trading days (360 one-minute bars each).
   c.data.synth.signal = 1.0  # Planted signal strength; 0 = pure random walk.
   c.data.synth.seed = 0  # Seed of the synthetic market (independent of train.seed).
+  c.data.features = "default"  # Comma-separated features/presets ("original", "default,realized_vol:60"): data/features.py.
   c.data.window = 500  # T: bars per input window.
   c.data.horizon = 15  # h: bars of the forward return that defines the label.
   c.data.label_kind = "binary"  # "binary", "three_class" (down/flat/up at ±threshold) or "triple_barrier".
@@ -31,11 +32,15 @@ def get_config(arg=None):
   c.data.take_profit = 0.006  # triple_barrier: upper barrier, in barrier_units above the close...
   c.data.stop_loss = 0.003  # ...and lower barrier below it; first touch within `horizon` wins.
   c.data.barrier_units = "return"  # "return", "price" or "ticks" (futures trade in ticks).
-  c.data.tick_size = 1.0  # Price of one tick, for barrier_units="ticks".
+  c.data.tick_size = 1.0  # barrier_units="ticks": price of one tick where <data.dir>/instruments.csv gives none.
   c.data.barrier_binary = True  # True: take-profit first → 1, else 0; False: stop/time/take = 0/1/2.
   c.data.val_fraction = 0.15  # Chronological share of bars for validation...
   c.data.test_fraction = 0.15  # ...and for test (the rest, first in time, trains).
   c.data.embargo = 0  # Extra bars dropped between splits beyond the T + h gap.
+  c.data.normalization = "pooled"  # "pooled" (one set of feature statistics) or "per_instrument" (each on its own training bars).
+  c.data.roll = ml_collections.ConfigDict()  # Contract months of one product (ingest's manifest "products") → one series:
+  c.data.roll.by = "open_interest"  # Daily roll rule compares "open_interest" (the day's last) or "volume" (the day's sum).
+  c.data.roll.adjust = "ratio"  # Back-adjustment: "ratio", "difference" (keeps the tick grid) or "none" (windows crossing a roll dropped).
   c.data.workers = 0  # grain worker processes gathering training batches (0 = 2 threads).
   # Batch composition of the TRAINING split (val/test always keep the true ratio):
   c.data.sampler = "shuffle"  # "shuffle", "stratified", "undersample" or "oversample".
@@ -88,6 +93,17 @@ def get_config(arg=None):
   c.eval.bootstrap = 500  # Block-bootstrap resamples for the 95 % intervals (0 = off).
   c.eval.data_dir = ""  # Evaluate on other shards (every window = test), same normalisation.
   c.eval.calibration = "none"  # "temperature": calibration figures and ECE after a T fitted on val.
+  c.eval.threshold_objective = "f1"  # Threshold picked on val: "f1" (the checkpoint's), "precision" or "net_return" (after costs).
+  c.eval.min_signals = 30  # "precision" / "net_return": thresholds with fewer val signals are not considered.
+  c.eval.trials = 1  # Runs the chosen one was picked from (the Deflated Sharpe Ratio's N; jaxquant.compare sets it).
+
+  c.backtest = ml_collections.ConfigDict()  # Signals → trades after costs (jaxquant/backtest.py).
+  c.backtest.fill = "next_open"  # A signal at bar t's close fills at bar t+1's open ("next_open") or at t's close ("close").
+  c.backtest.tick_size = 1.0  # Price of one tick (for slippage) where <data dir>/instruments.csv gives none.
+  c.backtest.multiplier = 1.0  # Currency per price unit per contract where instruments.csv gives none.
+  c.backtest.commission = 0.0001  # Per side, where instruments.csv gives none: currency per contract, or a fraction of turnover.
+  c.backtest.commission_kind = "per_turnover"  # "per_contract" or "per_turnover" (× entry or exit price × multiplier).
+  c.backtest.slippage_ticks = 1.0  # Ticks lost per side (× tick_size × multiplier).
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # Devices on the data axis (-1 = all remaining).

@@ -15,6 +15,8 @@ import jax
 import ml_collections
 import numpy as np
 
+from jaxquant import backtest
+from jaxquant import backtest_report
 from jaxquant import bootstrap
 from jaxquant import checkpoints as checkpoints_lib
 from jaxquant import config_defaults
@@ -201,11 +203,15 @@ def evaluate(workdir, config=None, step=None, stop_reason=None, train_seconds=No
 
   lead = jax.process_index() == 0
   results, arrays, returns = {}, {}, None
+  preds = {n: steps.predict_split(state, d, sp, eval_bs) for n, (d, sp) in sets.items()}
+  trading_bt = backtest.Backtests(config, sets, {n: p for n, (p, _) in preds.items()}, data_dir)
+  threshold, objective = trading_bt.choose_threshold(threshold)  # eval.threshold_objective
   for name, (d, split) in sets.items():
-    probs, rets = steps.predict_split(state, d, split, eval_bs)
+    probs, rets = preds[name]
     s = d.splits[split]
     arrays[name] = verdict.signal_view(s.labels, probs)
     results[name] = _split_results(s.labels, probs, s.fwd_returns, threshold, config, block)
+    trading_bt.add(results[name], name, threshold)  # <split>.backtest, the sweep's net columns
     if name == "test" and scale is not None:
       returns = (_in_return_units(rets, scale), s.fwd_returns)
       results[name]["return_head"] = _return_head(*returns, config, block)
@@ -218,7 +224,7 @@ def evaluate(workdir, config=None, step=None, stop_reason=None, train_seconds=No
       "data": {"dir": data_dir, **ds.summary()},
       "eval_data_dir": config.eval.data_dir or None,
       "best_step": step, "best_epoch": int(meta["epoch"]) + 1,
-      "threshold": threshold, "threshold_chosen_on": "val",
+      "threshold": threshold, "threshold_chosen_on": "val", "threshold_objective": objective,
       "all_checkpoints_collapsed": all_collapsed,
       "stop_reason": stop_reason, "train_seconds": train_seconds,
       "parameters": meta.get("parameters"),
@@ -231,6 +237,7 @@ def evaluate(workdir, config=None, step=None, stop_reason=None, train_seconds=No
     prefix = os.path.basename(os.path.normpath(config.eval.data_dir)) + "-"
   if lead:
     _pictures(out_dir, arrays, results, threshold, returns, prefix)
+    trading_bt.write(out_dir, prefix)  # trades.csv, equity.png
     name = f"report-{prefix[:-1]}" if prefix else "report"
     io_utils.atomic_write_json(os.path.join(out_dir, name + ".json"), summary)
     md = report_md.write_report_md(summary, out_dir, name=name + ".md", figure_prefix=prefix)
@@ -365,7 +372,8 @@ def predict(workdir, config=None, step=None, data_dir=None, out=None):
     arrays["predicted_return"] = _in_return_units(rets, scale)
   if jax.process_index() == 0:
     buf = io.BytesIO()
-    np.savez_compressed(buf, threshold=threshold, **arrays)
+    np.savez_compressed(buf, threshold=threshold, probabilities=np.asarray(probs),
+                        config_json=config.to_json_best_effort(), **arrays)  # For backtest.
     io_utils.atomic_write_bytes(out, buf.getvalue())
     lines = ["instrument,timestamp,probability,predicted_class,label,forward_return"
              + (",predicted_return" if scale is not None else "")]
@@ -418,5 +426,7 @@ def console_summary(summary, report_path=None):
     lines.append(f"   test signals: {a['signals']:,} ({a['signal_share']:.1%} of windows), win rate "
                  f"{a['precision']:.1%}, mean forward return {a['mean_return']:+.4%}, "
                  f"profit/loss ratio {a['profit_loss_ratio']:.2f}")
+  lines += [backtest_report.console_line(f"{s} backtest", summary[s]["backtest"])
+            for s in ("val", "test") if "backtest" in summary[s]]
   lines.append(f"   report: {report_path or os.path.join(summary['workdir'], 'report.md')}")
   return "\n".join(lines)

@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 
+from jaxquant import backtest_report
 from jaxquant import io_utils
 from jaxquant import plots
 
@@ -190,13 +191,20 @@ def _md_sweep(rows, title, threshold=None):
                  _f(r.get("f1")), "—" if none else _f(r.get("precision_lift"), ".2f"),
                  _ret(r.get("mean_return")), _ret(r.get("median_return")),
                  _f(r.get("profit_loss_ratio"), ".2f"),
-                 _pct(r.get("hit_rate_positive_return"))])
+                 _pct(r.get("hit_rate_positive_return"))]
+                + ([_int(r["trades"]), _pct(r.get("net_win_rate")), _ret(r.get("net_expectancy"))]
+                   if "trades" in r else []))
+  net = ["trades", "net win rate", "net expectancy"] if rows and "trades" in rows[0] else []
   lines += _table(["threshold", "signals", "signalled", "win rate (precision)", "recall", "F1",
-                   "lift", "mean return", "median return", "P/L ratio", "return > 0"], body)
+                   "lift", "mean return", "median return", "P/L ratio", "return > 0"] + net,
+                  body)
   note = ("Win rate = share of signals whose label is 1; lift = win rate / prior; returns are "
           "the forward returns of the signalled windows (before costs and stop-losses); "
           f"P/L ratio = average win / average loss. * fewer than {FEW_SIGNALS} signals: too few "
           "to trust.")
+  if net:
+    note += (" Trades / net win rate / net expectancy: the backtest's (one position per "
+             "instrument, after costs; section Backtest after costs).")
   if _isnum(threshold):
     note += f" The threshold chosen on val is {float(threshold):.4f}."
   return lines + ["", note, ""]
@@ -242,6 +250,7 @@ def write_report_md(summary, workdir, name="report.md", figure_prefix=""):
   lines += _md_run(summary)
   lines += _md_metrics(summary)
   lines += _md_return_head(summary)
+  lines += backtest_report.markdown(summary, figure_prefix)
   test_sweep = (summary.get("test") or {}).get("sweep")
   if test_sweep:
     lines += _md_sweep(test_sweep, "## Test threshold sweep", summary.get("threshold"))

@@ -14,6 +14,8 @@ import numpy as np
 
 from jaxquant import checkpoints as checkpoints_lib
 from jaxquant import io_utils
+from jaxquant.data import samples
+from jaxquant.data import shards as shards_lib
 from jaxquant.models import param_count
 
 
@@ -66,8 +68,8 @@ def run_fingerprint(config, ds, data_dir):
   number of epochs) and the data pipeline (shards, split sizes)."""
   c = json.loads(config.to_json_best_effort())
   c["train"].pop("epochs", None)  # Training longer is a legitimate resume.
-  shards = sorted((f, os.path.getsize(os.path.join(data_dir, f)))
-                  for f in os.listdir(data_dir) if f.endswith(".jqs"))
+  shards = sorted((f, os.path.getsize(os.path.join(data_dir, f))) for f in os.listdir(data_dir)
+                  if f.endswith(shards_lib.SHARD_SUFFIX) or f == samples.SAMPLE_FILE)
   fingerprint = {"config": c, "shards": shards,
                  "splits": {n: len(s) for n, s in ds.splits.items()},
                  "processes": jax.process_count()}

@@ -27,6 +27,7 @@ from jaxquant import verdict
 from jaxquant import workdir as workdir_lib
 from jaxquant.data import dataset as dataset_lib
 from jaxquant.data import loader
+from jaxquant.data import sample_set
 
 Preempted = resume_lib.Preempted
 
@@ -69,6 +70,10 @@ def prepare(config, workdir, force, log):
 def _prepare(config, workdir, force, log, lead, lock):
   data_dir = dataset_lib.ensure_data(config.data, log=log)
   ds = dataset_lib.build_dataset(config.data, data_dir)
+  if isinstance(ds, sample_set.SampleDataset) and not ds.has_returns \
+          and config.loss.return_weight > 0:
+    raise ValueError(f"config.loss.return_weight={config.loss.return_weight}: no sample of "
+                     f"{data_dir} carries a return to fit (r/ret/return/fwd_return); set it to 0")
   log(dataset_lib.describe_data(ds, data_dir))
   mesh = parallel.make_mesh(config.mesh)
   parallel.check_batch_divides(config.train.batch_size, mesh)
@@ -187,10 +192,10 @@ def train_and_evaluate(config, workdir, force=False):
   Returns:
     The evaluation summary (also written to workdir/report.json).
   """
-  lead = jax.process_index() == 0
-  log = (lambda *a: print(*a, flush=True)) if lead else (lambda *a: None)
   t_start = time.time()
   try:
+    lead = jax.process_index() == 0  # (Starts JAX's backend: a signal may land here.)
+    log = (lambda *a: print(*a, flush=True)) if lead else (lambda *a: None)
     run, state, progress, history = prepare(config, workdir, force, log)
     cli.raise_if_interrupted()
   except cli.Interrupted as e:  # Data, model or resume: nothing of this run saved yet.

@@ -17,11 +17,42 @@ def signal_view(labels, probs):
   return (np.asarray(labels) == signal).astype(np.int64), np.asarray(probs)[:, signal]
 
 
-def choose_threshold(labels, probs, min_rate):
-  """The F1-best threshold of the signal class (chosen on validation only)."""
+THRESHOLD_OBJECTIVES = ("f1", "precision", "net_return")  # eval.threshold_objective
+_NET_CANDIDATES = 40  # Thresholds the net_return objective backtests (a log grid of counts).
+
+
+def choose_threshold(labels, probs, min_rate, objective="f1", min_signals=1, net_total=None):
+  """The signal class's threshold (chosen on validation only).
+
+  Args:
+    objective: "f1" (the F1-best), "precision" (the highest precision among thresholds
+      with at least `min_signals` signals; ties to the highest threshold) or
+      "net_return" (the highest `net_total` among the scores at signal counts from
+      min_signals to all but min_rate of the windows, a log grid of _NET_CANDIDATES).
+    net_total: thresholds → total net return after costs (the backtest's), for
+      "net_return".
+
+  Returns:
+    The threshold; nan where no threshold qualifies.
+  """
   binary, scores = signal_view(labels, probs)
-  threshold, _ = metrics_lib.best_f1_threshold(binary, scores, min_rate=min_rate)
-  return threshold
+  if objective == "f1":
+    threshold, _ = metrics_lib.best_f1_threshold(binary, scores, min_rate=min_rate)
+    return threshold
+  order = np.argsort(-scores, kind="stable")
+  s = scores[order]
+  last = np.append(s[1:] != s[:-1], True)  # Each distinct score's last (lowest) position.
+  counts, values = np.nonzero(last)[0] + 1, s[last]  # Signals at threshold = value.
+  tp = np.cumsum(binary[order])[last]
+  ok = (counts >= max(1, min_signals)) & (counts <= max(1, (1 - min_rate) * s.size))
+  if not ok.any():
+    return float("nan")
+  if objective == "precision":
+    return float(values[int(np.argmax(np.where(ok, tp / counts, -1.0)))])
+  grid = np.geomspace(counts[ok][0], counts[ok][-1], _NET_CANDIDATES)
+  cand = np.unique(values[ok][np.minimum(np.searchsorted(counts[ok], grid), ok.sum() - 1)])
+  nets = np.asarray(net_total(cand), np.float64)
+  return float(cand[len(nets) - 1 - int(np.argmax(nets[::-1]))])  # Ties: the highest.
 
 
 def split_verdict(labels, probs, threshold, min_rate, max_rate):

@@ -3,6 +3,8 @@
 import os
 import sys
 
+import pytest
+
 from absl import flags
 
 # Tests import modules that define absl flags; grain workers and absl code read
@@ -59,3 +61,12 @@ def signal_data(seed=0, n=3000, prior=0.07, ties=False):
   r = rng.normal(0, 0.004, n) + 0.008 * y
   r[rng.random(n) < 0.05] = 0.0  # flat windows: neither win nor loss
   return y, s, r
+
+
+def pytest_collection_modifyitems(config, items):
+  """Under pytest-xdist's `--dist loadgroup`: each module's tests share one worker (its
+  module fixtures run once), and the modules sharing test_launch's 2-process run too."""
+  for item in items:
+    module = item.module.__name__
+    shared = module in ("test_launch", "test_parallel", "test_slurm")
+    item.add_marker(pytest.mark.xdist_group("two_process" if shared else module))

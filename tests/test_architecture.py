@@ -20,7 +20,8 @@ LAYERS = (
     ("data", ("data",)),
     ("models", ("models",)),
     ("learning", ("losses", "parallel", "state", "steps", "verdict", "resume")),
-    ("reporting", ("trading", "bootstrap", "plots", "report_md", "evaluate")),
+    ("reporting", ("trading", "bootstrap", "plots", "report_md", "evaluate", "trades",
+                   "trade_stats", "backtest", "backtest_report")),
     ("loop", ("train",)),
     ("entry", ("config_check", "compare", "main")),
 )

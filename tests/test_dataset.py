@@ -28,7 +28,7 @@ def _bars(n, seed, wick=2e-3):
 def _write(directory, markets):
   """markets: {name: (timestamps, bars)} → one shard each."""
   for name, (ts, bars) in markets.items():
-    shards.write_shard(os.path.join(directory, f"{name}.jqs"), name, ts, bars)
+    shards.write_shard(os.path.join(directory, f"{name}.parquet"), name, ts, bars)
   return str(directory)
 
 

@@ -47,7 +47,7 @@ def _flat_after(path, n=1200, flat_from=0.7, seed=0):
                    np.zeros(n)], axis=1)
   ts = np.datetime64("2024-01-02T00:00", "ns").astype(np.int64) + np.arange(n) * 60 * 10**9
   os.makedirs(path, exist_ok=True)
-  shards.write_shard(os.path.join(path, "FLAT.jqs"), "FLAT", ts, bars)
+  shards.write_shard(os.path.join(path, "FLAT.parquet"), "FLAT", ts, bars)
 
 
 def test_validation_without_positives_is_named(tmp_path, monkeypatch):

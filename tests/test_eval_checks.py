@@ -59,10 +59,14 @@ def test_eval_refuses_data_changed_since_training(tiny_run, tmp_path):
   config, data, run = _copy_run(tiny_run, tmp_path)
   before = open(os.path.join(run, "report.json")).read()
   synth.write_market(str(tmp_path / "new"), instruments=2, days=7, seed=5, progress=False)
-  for f in os.listdir(tmp_path / "new"):  # New shards under the old names and manifest.
-    if f.endswith(".jqs"):
+  for f in os.listdir(tmp_path / "new"):  # New shards under the old names and manifest...
+    if f.endswith(".parquet"):
       shutil.copy(tmp_path / "new" / f, data / f)
-  with pytest.raises(ValueError, match=r"not what run .* was trained on \(shards\..*jqs"):
+  manifest = json.loads((data / "manifest.json").read_text())  # ...which records them.
+  manifest["shard_files"] = json.loads((tmp_path / "new" / "manifest.json").read_text())[
+      "shard_files"]
+  (data / "manifest.json").write_text(json.dumps(manifest))
+  with pytest.raises(ValueError, match=r"not what run .* was trained on \(shards\..*parquet"):
     evaluate.evaluate(run, config)
   assert open(os.path.join(run, "report.json")).read() == before  # Not overwritten.
 

@@ -210,9 +210,9 @@ def test_grain_workers_do_not_outlive_a_killed_run(reference, tmp_path):
 
 
 def test_random_shard_corruptions_all_give_a_clear_error(tmp_path):
-  """A short version of benchmarks/soak.py part 2: every corrupted copy of a shard
-  directory, loaded through the training pipeline, fails with an error naming the
-  file — no hang, no garbage batch."""
+  """A short version of benchmarks/soak.py part 2: every corrupted copy of a directory of
+  Parquet shards (and the manifest.json recording their sha256), loaded through the
+  training pipeline, fails with an error naming the file — no hang, no garbage batch."""
   import random
   from jaxquant.data import synth
   synth.write_market(str(tmp_path / "data"), instruments=2, days=6, signal=1.0, seed=0,
@@ -222,6 +222,8 @@ def test_random_shard_corruptions_all_give_a_clear_error(tmp_path):
   assert {r["kind"] for r in rows} == set(soak.CORRUPTIONS)
   assert all(r["outcome"] == "clear error" for r in rows), [r for r in rows
                                                            if r["outcome"] != "clear error"]
+  # A shard of a newer format (its manifest entry matching) says so, not "corrupt".
+  assert all("newer jaxquant" in r["message"] for r in rows if r["kind"] == "newer_version")
 
 
 def test_soak_counts_only_trials_that_were_interrupted():

@@ -5,6 +5,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from datetime import datetime, timedelta
@@ -18,8 +19,7 @@ from jaxquant.data import bar_times, samples
 from jaxquant.data.bar_checks import IngestError
 from jaxquant.data.csv_bars import read_csv_bars
 from jaxquant.data.ingest import ingest
-from jaxquant.data.samples import SampleShardReader
-from jaxquant.data.shards import ShardError, ShardReader, load_dir
+from jaxquant.data.shards import ShardReader, load_dir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(REPO, "tests", "data")
@@ -70,7 +70,7 @@ def test_real_slices(tmp_path, path, fmt, time_format_name):
     stem = os.path.basename(path)[:-4]
     assert e["instrument"] == stem and e["rows"] == 300 and e["skipped"] == {}
     assert e["time_format"] == time_format_name
-    assert e["shard"] == os.path.join(str(tmp_path / "out"), stem + ".jqs")
+    assert e["shard"] == os.path.join(str(tmp_path / "out"), stem + ".parquet")
     assert any("open_interest set to 0" in n for n in e["notes"])
     assert not any("volume" in n for n in e["notes"])
 
@@ -139,7 +139,7 @@ def test_tqsdk_two_symbols(tmp_path):
     assert by["SHFE.rb2105"]["rows"] == 12 and by["SHFE.rb2105"]["skipped"] == {}
     # IF2103 does not trade at night: 4 rows without data, skipped, not an error.
     assert by["CFFEX.IF2103"]["rows"] == 8 and by["CFFEX.IF2103"]["skipped"] == {"no_data": 4}
-    assert by["CFFEX.IF2103"]["shard"].endswith("CFFEX.IF2103.jqs")
+    assert by["CFFEX.IF2103"]["shard"].endswith("CFFEX.IF2103.parquet")
 
     rows = _csv_rows(TQSDK)
     header, rows = rows[0], rows[1:]
@@ -154,7 +154,7 @@ def test_tqsdk_two_symbols(tmp_path):
         np.testing.assert_array_equal(ts, [int(r[1]) + 8 * 3600 * 10**9 for r in rows[:n]])
         for k, c in enumerate(("open", "high", "low", "close", "volume", "close_oi")):
             np.testing.assert_array_equal(bars[:, k], [float(r[j[c]]) for r in rows[:n]])
-    with ShardReader(tmp_path / "SHFE.rb2105.jqs") as r:
+    with ShardReader(tmp_path / "SHFE.rb2105.parquet") as r:
         assert r.meta["utc_offset"] == "+08:00" and r.meta["source_kind"] == "tqsdk"
 
 
@@ -272,8 +272,10 @@ def test_missing_columns(tmp_path):
         with pytest.raises(IngestError) as e:
             ingest([p], tmp_path / "out", on_error=mode)
         assert str(e.value) == msg
-    lines = _eurusd_head()
-    lines[0] = "Stamp,Open,High,Low,Close,Volume"
+    # No header names the time and no column holds times (an unknown header whose
+    # column does is found by its content: tests/test_csv_formats.py).
+    lines = ["Stamp,Open,High,Low,Close,Volume"] + [
+        f"row{k}," + l.split(",", 1)[1] for k, l in enumerate(_eurusd_head()[1:])]
     p = _write(tmp_path / "notime.csv", lines)
     with pytest.raises(IngestError, match=r"notime\.csv:1: missing required column\(s\) time "
                                           r"\(time, datetime, date, timestamp, gmt time"):
@@ -440,7 +442,7 @@ def test_folder_of_parts_and_compressed_csv(tmp_path):
             f.write(zstandard.ZstdCompressor().compress(data))
     s = ingest([str(tmp_path / "b"), str(tmp_path / "a")], tmp_path / "out")
     assert [e["shard"].rsplit(os.sep, 1)[1] for e in s["instruments"]] == \
-        ["eur.part1.jqs", "eur.part2.jqs"]
+        ["eur.part1.parquet", "eur.part2.parquet"]
     ((name, ts, bars),) = load_dir(tmp_path / "out")
     ((ts0, bars0, _),) = read_csv_bars(EURUSD).values()
     assert name == "eur"
@@ -459,7 +461,7 @@ def test_output_dir_rules(tmp_path):
     ingest([EURUSD], out)
     ingest([EURUSD], out)  # re-running the same inputs into the same folder is fine
     with pytest.raises(IngestError, match=r"already holds other shards "
-                                          r"\(eurusd_1h_2017_head300\.jqs\)"):
+                                          r"\(eurusd_1h_2017_head300\.parquet\)"):
         ingest([SP500], out)
     with pytest.raises(IngestError, match="given twice"):
         ingest([EURUSD, DATA], tmp_path / "o2")
@@ -472,8 +474,9 @@ def test_deterministic_rerun(tmp_path):
     ingest(inputs, tmp_path / "b")
     names = sorted(os.listdir(tmp_path / "a"))
     assert names == sorted(os.listdir(tmp_path / "b"))
-    # 4 real slices, the 2 TqSdk symbols, the manifest and the samples.
-    assert "manifest.json" in names and "samples.jqx" in names and len(names) == 8
+    # 4 real slices, the 2 TqSdk symbols, the manifest, the samples and the instrument table.
+    assert {"manifest.json", "samples.parquet", "instruments.csv"} <= set(names)
+    assert len(names) == 9
     before = {}
     for n in names:
         with open(tmp_path / "a" / n, "rb") as fa, open(tmp_path / "b" / n, "rb") as fb:
@@ -486,10 +489,10 @@ def test_deterministic_rerun(tmp_path):
             assert f.read() == before[n], n
     manifest = json.loads(before["manifest.json"])
     assert [e["shard"] for e in manifest["shards"]] == [
-        "CFFEX.IF2103.jqs", "SHFE.rb2105.jqs", "eurusd_1h_2017_head300.jqs",
-        "eurusd_1h_2017_tail300.jqs", "sp500_daily_1999_2018_head300.jqs",
-        "sp500_daily_1999_2018_tail300.jqs"]
-    assert manifest["samples"]["shard"] == "samples.jqx" and manifest["total_rows"] == 1220
+        "CFFEX.IF2103.parquet", "SHFE.rb2105.parquet", "eurusd_1h_2017_head300.parquet",
+        "eurusd_1h_2017_tail300.parquet", "sp500_daily_1999_2018_head300.parquet",
+        "sp500_daily_1999_2018_tail300.parquet"]
+    assert manifest["samples"]["shard"] == "samples.parquet" and manifest["total_rows"] == 1220
 
 
 def test_crash_leaves_complete_shards_only(tmp_path, monkeypatch):
@@ -504,20 +507,21 @@ def test_crash_leaves_complete_shards_only(tmp_path, monkeypatch):
         return real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", flaky_replace)
-    os.remove(out / "sp500_daily_1999_2018_head300.jqs")
+    os.remove(out / "sp500_daily_1999_2018_head300.parquet")
     with pytest.raises(OSError, match="No space left"):
         ingest([EURUSD, SP500], out)
     monkeypatch.undo()
     names = sorted(os.listdir(out))
     # The old manifest is gone (its presence would claim a complete ingest),
-    # the first shard is complete, the second absent, and no temp file remains.
-    assert names == ["eurusd_1h_2017_head300.jqs"]
+    # the first shard is complete, the second absent, and no temp file remains
+    # (the instrument table of the earlier run stays: it holds the user's edits).
+    assert names == ["eurusd_1h_2017_head300.parquet", "instruments.csv"]
     with ShardReader(out / names[0]) as r:
         assert r.read_all()[0].size == 300
 
 
 # --------------------------------------------------------------------------
-# Loose per-sample .zst files -> samples.jqx
+# Loose per-sample .zst files -> samples.parquet
 # --------------------------------------------------------------------------
 
 
@@ -563,57 +567,50 @@ def test_sample_folder_round_trip(tmp_path):
     s = ingest([folder], tmp_path / "out")
     assert s["instruments"] == [] and s["samples"]["num_samples"] == 7
     assert s["samples"]["num_labels"] == 3 and s["samples"]["shape"] == [20, 5]
-    with SampleShardReader(tmp_path / "out" / "samples.jqx") as r:
-        assert len(r) == 7 and r.shape == (20, 5) and r.dtype == np.float32
-        assert r.num_labels == 3 and r.has_label.tolist() == [i % 2 == 1 for i in range(7)]
-        for i in range(7):
-            x, y = r.read(i)
-            np.testing.assert_array_equal(x, np.arange(100, dtype=np.float32).reshape(20, 5)
-                                          + 1000 * i)
-            assert (y is None) if i % 2 == 0 else (int(y) == i % 3)
-        xs, ys = r.read_batch([6, 1, 1, -1])
-        assert xs.shape == (4, 20, 5) and xs[0, 0, 0] == 6000 and xs[1, 0, 0] == 1000
-        assert ys.tolist() == [0, 1, 1, 0]
-        assert r.meta["num_sources"] == 7
+    path = tmp_path / "out" / "samples.parquet"
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["samples"]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     assert [f["name"] for f in manifest["samples"]["sources"]] == [f"s{i:03d}.zst" for i in range(7)]
+    r = samples.read_samples(path, manifest["samples"]["sha256"])
+    assert r["names"] == [f"s{i:03d}.zst" for i in range(7)] and r["x"].dtype == np.float32
+    for i in range(7):
+        np.testing.assert_array_equal(r["x"][i], np.arange(100, dtype=np.float32).reshape(20, 5)
+                                      + 1000 * i)
+    assert r["labels"].tolist() == [-1 if i % 2 == 0 else i % 3 for i in range(7)]
+    assert np.isnan(r["returns"]).all() and r["time_from"] == [None] * 7
+    # pyarrow (and so pandas, polars, DuckDB) reads the file as it is.
+    import pyarrow.parquet as pq
+    t = pq.read_table(path)
+    assert t.column_names == ["name", "timestamp", "time_from", "label", "return", "x"]
+    assert t.column("x").type.byte_width == 20 * 5 * 4
+    assert pq.ParquetFile(path).metadata.row_group(0).column(5).compression == "ZSTD"
 
 
-def test_sample_shard_chunks_and_corruption(tmp_path):
+def test_sample_file_corruption_is_one_line_naming_the_file(tmp_path):
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(10, 4, 3)).astype(np.float64)
-    y = rng.integers(0, 3, size=10)
-    p = str(tmp_path / "s.jqx")
-    samples.write_sample_shard(p, x, y, chunk_samples=3, meta={"k": 1})
-    with SampleShardReader(p) as r:
-        assert r.chunk_samples == 3 and r.meta == {"k": 1} and r.num_labels == 10
-        idx = [9, 0, 4, 5, 3, 9]
-        xs, ys = r.read_batch(idx)
-        np.testing.assert_array_equal(xs, x[idx])
-        np.testing.assert_array_equal(ys, y[idx])
-        with pytest.raises(IndexError):
-            r.read(10)
-    samples.write_sample_shard(tmp_path / "nolab.jqx", x)
-    with SampleShardReader(tmp_path / "nolab.jqx") as r:
-        assert r.labels is None and r.read(2)[1] is None and r.read_batch([1, 2])[1] is None
-
-    raw = bytearray(open(p, "rb").read())
-    hlen = int.from_bytes(raw[12:16], "little")
-    header = json.loads(raw[16:16 + hlen])
-    c1 = header["chunks"][1]
-    bad = bytearray(raw)
-    bad[c1["offset"] + 5] ^= 1
-    open(p, "wb").write(bytes(bad))
-    with SampleShardReader(p) as r:
-        np.testing.assert_array_equal(r.read(0)[0], x[0])  # other chunks still fine
-        with pytest.raises(ShardError, match=r"chunk 1 \(samples 3-5\) checksum mismatch"):
-            r.read(4)
-    open(p, "wb").write(bytes(raw[:-3]))
-    with pytest.raises(ShardError, match="truncated"):
-        SampleShardReader(p)
-    open(p, "wb").write(bytes(raw[:20]) + b"x" * 10)
-    with pytest.raises(ShardError):
-        SampleShardReader(p)
+    x = rng.normal(size=(40, 16, 3))
+    p = str(tmp_path / "samples.parquet")
+    sha = samples.write_samples(p, x, labels=rng.integers(0, 2, 40))
+    np.testing.assert_array_equal(samples.read_samples(p, sha)["x"], x)
+    raw = open(p, "rb").read()
+    with pytest.raises(samples.SampleFileError, match=r"samples\.parquet: no such file"):
+        samples.read_samples(tmp_path / "nothere" / "samples.parquet")
+    cases = {"bit flip": raw[:2000] + bytes([raw[2000] ^ 4]) + raw[2001:],
+             "truncated": raw[:-100], "zero span": raw[:1000] + bytes(500) + raw[1500:],
+             "trailing garbage": raw + b"x" * 10, "empty": b""}
+    for what, bad in cases.items():
+        open(p, "wb").write(bad)
+        with pytest.raises(samples.SampleFileError) as e:  # against the manifest's sha256
+            samples.read_samples(p, sha)
+        assert str(e.value).startswith(p + ": sha256 ") and "\n" not in str(e.value), what
+    for what in cases:  # no manifest: Parquet's own checks
+        open(p, "wb").write(cases[what])
+        with pytest.raises(samples.SampleFileError, match=r"^" + re.escape(p) + ": corrupt"):
+            samples.read_samples(p)
+    newer = raw.replace(b'"version": 1', b'"version": 9')
+    open(p, "wb").write(newer)
+    with pytest.raises(samples.SampleFileError, match="version 9 is newer"):
+        samples.read_samples(p)
 
 
 def test_bad_sample_files(tmp_path):
@@ -666,12 +663,12 @@ def test_cli(tmp_path):
     assert "--out=DIR is required" in res["no_out"][2]
     out = res["ok"][1]
     assert "EURUSD: 300 rows, 2017-01-01 22:00:00 .. 2017-01-18 09:00:00 -> " \
-           f"{tmp_path / 'ok' / 'EURUSD.jqs'}" in out
+           f"{tmp_path / 'ok' / 'EURUSD.parquet'}" in out
     assert "open_interest set to 0" in out and "manifest.json" in out
     assert "skipped: inconsistent_ohlc=1" in res["skip"][1]
     ((name, ts, _),) = load_dir(tmp_path / "skip")
     assert name == "bad" and ts.size == 9
-    with ShardReader(tmp_path / "skip" / "bad.jqs") as r:
+    with ShardReader(tmp_path / "skip" / "bad.parquet") as r:
         assert r.chunk_rows == 4
 
 

@@ -135,7 +135,7 @@ def _write_market(directory, stamps, seed=0):
     close = 100 * np.exp(np.cumsum(rng.normal(0, 1e-3, len(ts))))
     bars = np.stack([close, close * 1.001, close * 0.999, close, np.ones_like(close),
                      np.ones_like(close)], axis=1)
-    shards.write_shard(os.path.join(directory, f"I{i}.jqs"), f"I{i}", ts, bars)
+    shards.write_shard(os.path.join(directory, f"I{i}.parquet"), f"I{i}", ts, bars)
 
 
 @settings(max_examples=30, deadline=None)

@@ -172,7 +172,7 @@ def test_cli_writes_loadable_market(tmp_path):
     assert manifest["seed"] == 4 and manifest["signal"] == 0.5 and manifest["days"] == 2
     assert manifest["signal_beta"] == synth.SIGNAL_BETA and "s_{t-1}" in manifest["description"]
     expected = synth.generate_market(instruments=3, days=2, signal=0.5, seed=4)
-    loaded = load_dir(out)
+    loaded = list(load_dir(out))
     assert manifest["instrument_rows"] == {n: ts.size for n, ts, _ in expected}
     assert sorted(n for n, _, _ in expected) == [n for n, _, _ in loaded]
     by_name = {n: (t, b) for n, t, b in loaded}

@@ -9,6 +9,7 @@ kept when the extra fields are all empty, else wrong_field_count.
 """
 
 import codecs
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -20,14 +21,21 @@ from jaxquant.data import bar_checks
 _BLANK = b" \t\n\r\f\v\""
 
 
+def _find(u, byte):
+  """Positions of byte in u, in blocks (no file-sized temporary)."""
+  step = 1 << 23
+  return np.concatenate([np.flatnonzero(u[i:i + step] == byte) + i
+                         for i in range(0, len(u), step)] or [np.zeros(0, np.int64)])
+
+
 def _physical_lines(data, start):
   """(content start, content end) of each line of data; "\\n", "\\r\\n" and "\\r" end one."""
   u = np.frombuffer(data, np.uint8)
-  nl = np.flatnonzero(u == 10)
+  nl = _find(u, 10)
   ends, nxt = nl, nl + 1
   if data.find(b"\r") >= 0:
     ends = nl - ((nl > 0) & (u[np.maximum(nl - 1, 0)] == 13))
-    cr = np.flatnonzero(u == 13)
+    cr = _find(u, 13)
     lone = cr[(cr + 1 >= len(u)) | (u[np.minimum(cr + 1, len(u) - 1)] != 10)]
     ends, nxt = np.concatenate([ends, lone]), np.concatenate([nxt, lone + 1])
     order = np.argsort(nxt, kind="stable")
@@ -61,10 +69,19 @@ def _read(buf, ncol, delim, quoted, handler, threads=False):
 
 def _blank(columns):
   """Rows whose every field is empty or whitespace (skipped like blank lines)."""
-  first = pc.equal(pc.utf8_trim_whitespace(columns[0]), "").to_numpy(zero_copy_only=False)
-  for i in np.flatnonzero(first):
-    first[i] = all(not c[int(i)].as_py().strip() for c in columns)
-  return first
+  col = columns[0]
+  offsets = np.frombuffer(col.buffers()[1], np.int32)[col.offset:col.offset + len(col) + 1]
+  data = col.buffers()[2]
+  # Only a first field that is empty or starts with a blank can be blank.
+  maybe = offsets[1:] == offsets[:-1]
+  if data is not None and data.size:
+    u = np.frombuffer(data, np.uint8)
+    lead = u[np.minimum(offsets[:-1], len(u) - 1)]
+    maybe |= (lead == 32) | ((lead >= 9) & (lead <= 13)) | (lead >= 128)
+  blank = np.zeros(len(col), dtype=bool)
+  for i in np.flatnonzero(maybe):
+    blank[i] = all(not c[int(i)].as_py().strip() for c in columns)
+  return blank
 
 
 def _odd_rows(path, invalid, ncol, delim, quoted):
@@ -111,6 +128,35 @@ def _header(line, delim, quoted):
   return [c[0].as_py() for c in t.columns]
 
 
+_DELIMITERS = (",", ";", "\t", "|")
+
+
+def _delimiter(first):
+  """The delimiter of a header line: the most frequent of , ; tab | outside quotes
+  (ties in that order; none: a comma)."""
+  bare = re.sub(rb'"[^"]*"', b"", first)
+  counts = [bare.count(d.encode()) for d in _DELIMITERS]
+  return _DELIMITERS[counts.index(max(counts))] if max(counts) else ","
+
+
+def clean_header(data):
+  """The header of a file `read_table` needs no line bookkeeping for, else None.
+
+  Clean: ASCII, no quote, no CR, the header on line 1; each row is then one line,
+  row r on line r + 2 if the reader finds a row on every line (no blank line).
+
+  Returns:
+    (header [names, stripped], delimiter, offset of the first row) or None.
+  """
+  bom = 3 if data.startswith(codecs.BOM_UTF8) else 0
+  end = data.find(b"\n")
+  if (end < 0 or not data[bom:end].strip() or end + 1 >= len(data) or data.find(b'"') >= 0
+      or data.find(b"\r") >= 0 or not (data[bom:] if bom else data).isascii()):
+    return None
+  delim = _delimiter(data[bom:end])
+  return [h.strip() for h in _header(data[bom:end + 1], delim, False)], delim, end + 1
+
+
 def read_table(path, data):
   """Tokenizes CSV bytes; blank lines and rows of only blanks are dropped.
 
@@ -127,9 +173,7 @@ def read_table(path, data):
       raise bar_checks.IngestError(f"{path}:{line}: not UTF-8 text (byte {e.start})") from None
   bom = 3 if data.startswith(codecs.BOM_UTF8) else 0
   end = data.find(b"\n")
-  first = data[bom:end if end >= 0 else len(data)]
-  # Comma unless the header clearly uses something else (";" or tab exports).
-  delim = "," if b"," in first else ";" if b";" in first else "\t" if b"\t" in first else ","
+  delim = _delimiter(data[bom:end if end >= 0 else len(data)])
   starts, ends = _physical_lines(data, bom)
   strip = _BLANK + delim.encode()
   k = 0
@@ -161,17 +205,23 @@ def read_table(path, data):
       table = _read(body, ncol, delim, quoted, handler)
   except pa.ArrowInvalid as e:
     raise bar_checks.IngestError(f"{path}:{header_line + 1}: malformed CSV ({e})") from None
-  columns = [c.combine_chunks() if c.num_chunks != 1 else c.chunk(0) for c in table.columns]
-  n = table.num_rows + len(invalid)
+  m = table.num_rows
+  columns = []
+  while table.num_columns:  # One column at a time: the table lets go of each.
+    c = table.column(0)
+    table = table.drop_columns([table.column_names[0]])
+    columns.append(c.combine_chunks() if c.num_chunks != 1 else c.chunk(0))
+    del c
+  n = m + len(invalid)
   lens = np.full(n, ncol, dtype=np.int64)
   wrong = np.zeros(n, dtype=bool)
   blank = np.zeros(n, dtype=bool)
   span = np.zeros(n, dtype=np.int64)  # Line breaks inside each record's quoted values.
-  if table.num_rows:
-    blank[:table.num_rows] = _blank(columns)
+  if m:
+    blank[:m] = _blank(columns)
     if quoted:
       for c in columns:
-        span[:table.num_rows] += _newlines(c)
+        span[:m] += _newlines(c)
   if invalid:
     fields, odd_lens, kept, odd_blank = _odd_rows(path, invalid, ncol, delim, quoted)
     # Records in file order: pyarrow numbers them from 1, blank lines not counted.
@@ -181,7 +231,6 @@ def read_table(path, data):
     order = np.argsort(np.concatenate([np.flatnonzero(number), odd]), kind="stable")
     columns = [pa.concat_arrays([c, pa.array(f, pa.string())]).take(pa.array(order))
                for c, f in zip(columns, fields)]
-    m = table.num_rows
     lens[m:], wrong[m:], blank[m:] = odd_lens, ~kept, odd_blank
     span[m:] = _newlines(pa.array([r[2] for r in invalid], pa.string()))
     lens, wrong, blank, span = lens[order], wrong[order], blank[order], span[order]

@@ -10,8 +10,12 @@ import os
 
 import numpy as np
 
+from jaxquant.data import feature_pass
 from jaxquant.data import features as features_lib
+from jaxquant.data import instruments as instruments_lib
 from jaxquant.data import labels as labels_lib
+from jaxquant.data import rolls as rolls_lib
+from jaxquant.data import sample_set
 from jaxquant.data import shards
 from jaxquant.data import splits as splits_lib
 from jaxquant.data import synth
@@ -61,6 +65,9 @@ class Dataset:
   horizon: int
   num_classes: int = 2
   cuts: dict = None         # {"val_start", "test_start"}: int64 ns shared by all instruments.
+  # How the series were made: "rolls" (per product: rule, adjustment, each roll, windows
+  # dropped at rolls), "tick_sizes" (per instrument, and where from), "normalization".
+  facts: dict = None
 
   @property
   def num_features(self):
@@ -75,11 +82,13 @@ class Dataset:
   def summary(self):
     out = {"instruments": list(self.instruments), "window": self.window,
            "horizon": self.horizon, "num_features": self.num_features,
-           "feature_names": list(features_lib.FEATURE_NAMES),
+           "feature_names": list(self.normalizer.get("feature_names")
+                                 or features_lib.FEATURE_NAMES),
            "bars": int(self.features.shape[0]),
            "splits": {n: s.summary() for n, s in self.splits.items()}}
     if self.cuts is not None:
       out["cuts"] = {k: _iso(v) for k, v in self.cuts.items()}
+    out.update(self.facts or {})
     return out
 
 
@@ -104,6 +113,8 @@ def ingest_flags(data_dir):
 def describe_data(ds, data_dir):
   """One line: where the data is, how much, each split's size and positive rate, and what
   ingest flagged as suspicious (long gaps, absurd bars)."""
+  if isinstance(ds, sample_set.SampleDataset):
+    return sample_set.describe_samples(ds, data_dir)
   parts = [f"{name} {s['windows']:,} windows ({s['positive_rate']:.1%} positive)"
            for name, s in ds.summary()["splits"].items()]
   line = (f"Data {data_dir}: {len(ds.instruments)} instruments, {ds.features.shape[0]:,} "
@@ -112,7 +123,26 @@ def describe_data(ds, data_dir):
   if flagged:
     line += ("; ingest flagged " + ", ".join(f"{n} {k}" for k, n in flagged.items())
              + (f" (first: {first}; all in manifest.json)" if first else ""))
-  return line
+  return line + _facts_text(ds.facts or {})
+
+
+def _facts_text(facts):
+  """The rolls, fallback tick sizes and per-instrument normalisation, for describe_data."""
+  out = ""
+  for prod, r in (facts.get("rolls") or {}).items():
+    out += (f"; {prod}: {len(r['contracts'])} contracts, {len(r['rolls'])} rolls by "
+            f"{r['by']}, adjust {r['adjust']}")
+    if r.get("windows_dropped") is not None:
+      out += (f" ({sum(r['windows_dropped'].values()):,} windows crossing a roll dropped: "
+              + ", ".join(f"{k} {v:,}" for k, v in r["windows_dropped"].items()) + ")")
+  ticks = facts.get("tick_sizes") or {}
+  fallback = sorted(n for n, t in ticks.items() if t["from"] != instruments_lib.TABLE_FILE)
+  if fallback:
+    out += (f"; tick size {ticks[fallback[0]]['tick_size']:g} (data.tick_size, no "
+            f"{instruments_lib.TABLE_FILE} figure) for " + ", ".join(fallback))
+  if facts.get("normalization") == "per_instrument":
+    out += "; normalised per instrument"
+  return out
 
 
 def resolve_data_dir(data_config):
@@ -149,8 +179,12 @@ def ensure_data(data_config, log=print):
       if have != wanted:
         raise ValueError(f"data.dir {data_dir} holds synthetic data made with {have}, but "
                          f"the config asks for {wanted}; point config.data.dir elsewhere")
-  elif data_config.source != "shards":
-    raise ValueError(f"config.data.source={data_config.source!r}: use 'synthetic' or 'shards'")
+      if shards.MANIFEST_KEY not in manifest:  # The same market as .jqs shards: made anew.
+        log(f"Writing the synthetic market in {data_dir} again as Parquet shards ...")
+        synth.write_market(data_dir, **wanted, progress=True)
+  elif data_config.source not in ("shards", "samples"):
+    raise ValueError(f"config.data.source={data_config.source!r}: use 'synthetic', 'shards' "
+                     "or 'samples'")
   elif not os.path.isdir(data_dir):
     raise ValueError(f"config.data.dir={data_dir!r} does not exist")
   return data_dir
@@ -164,16 +198,22 @@ def label_config(data_config):
           "tick_size": data_config.tick_size, "barrier_binary": data_config.barrier_binary}
 
 
-def _load_series(data_config, data_dir):
-  """Per instrument: (name, timestamps, features [n, F], labels [n], trade returns [n],
-  exit offsets [n]), and the number of classes."""
-  out, num_classes = [], 2
-  for name, ts, bars in shards.load_dir(data_dir):
+def _label_series(data_config, data_dir, loaded, facts):
+  """Per series of `loaded`, one at a time: (name, timestamps, bars, labels [n], trade
+  returns [n], exit offsets [n], number of classes); tick-unit barriers use each
+  instrument's tick size (recorded in facts["tick_sizes"])."""
+  table = None
+  if data_config.label_kind == "triple_barrier" and data_config.barrier_units == "ticks":
+    table, facts["tick_sizes"] = instruments_lib.load_table(data_dir), {}
+  for name, ts, bars in loaded:
+    lab_config = label_config(data_config)
+    if table is not None:  # Each instrument's own tick (instruments.csv), else data.tick_size.
+      facts["tick_sizes"][name] = instruments_lib.tick_size(table, name, data_config.tick_size)
+      lab_config["tick_size"] = facts["tick_sizes"][name]["tick_size"]
     try:
-      lab = labels_lib.make_labels(label_config(data_config), bars)
+      lab = labels_lib.make_labels(lab_config, bars)
     except ValueError as e:
       raise ValueError(str(e).replace("config.data.kind", "config.data.label_kind")) from None
-    num_classes = lab["num_classes"]
     if "exit_return" in lab:
       # Triple barrier: the trade exits at the barrier (or the time limit), so the
       # split's return is the exit return, not the plain horizon return.
@@ -181,11 +221,25 @@ def _load_series(data_config, data_dir):
     else:
       ret = lab["fwd_return"]
       off = np.where(lab["labels"] >= 0, data_config.horizon, -1).astype(np.int32)
-    out.append((name, ts, features_lib.bar_features(bars), lab["labels"], ret, off))
-  return out, num_classes
+    yield name, ts, bars, lab["labels"], ret, off, lab["num_classes"]
+
+
+def _load_series(data_config, data_dir):
+  """Per instrument: (name, timestamps, labels [n], trade returns [n], exit offsets [n])
+  (features come later: feature_pass.SeriesFeatures), the number of classes, and the facts
+  (Dataset.facts, plus each product's "roll_rows"): the contracts of a product
+  (manifest "products") become one series (rolls.join_products)."""
+  out, num_classes = [], 2
+  facts = {"normalization": data_config.get("normalization", "pooled"), "rolls": {}}
+  loaded = feature_pass.series_bars(data_config, data_dir, facts["rolls"])
+  for name, ts, _, labels, ret, off, num_classes in _label_series(data_config, data_dir,
+                                                                  loaded, facts):
+    out.append((name, ts, labels, ret, off))
+  return out, num_classes, facts
 
 
 _COLUMNS = ("ends", "labels", "fwd_returns", "instrument", "timestamps", "exit_offsets")
+_DTYPES = (np.int64, np.int32, np.float64, np.int32, np.int64, np.int32)
 
 
 def _make_split(name, parts, num_classes):
@@ -254,25 +308,30 @@ def build_dataset(data_config, data_dir, normalizer=None, check_labels=True):
     ValueError: a split has no window in any instrument, or no or only signal-class
       windows (check_positives).
   """
+  if data_config.source == "samples":
+    return _sample_dataset(data_config, data_dir, normalizer, None, check_labels)
   T, h = data_config.window, data_config.horizon
-  feats, parts, names, train_rows, offset = [], {n: [] for n in splits_lib.SPLITS}, [], [], 0
-  series, num_classes = _load_series(data_config, data_dir)
+  if normalizer is not None:
+    features_lib.check_normalizer(normalizer, data_config.get("features", "default"))
+  # Three reads, one series in memory at a time (feature_pass): the timestamps, then
+  # the labels and the training rows' moments, then the normalised features.
+  facts = {"normalization": data_config.get("normalization", "pooled"), "rolls": {}}
+  names, stamps = [], []
+  for name, ts, _ in feature_pass.series_bars(data_config, data_dir, facts["rolls"]):
+    names.append(name)
+    stamps.append(ts)
+  crossing, facts = rolls_lib.crossing_rows(facts)
   # One calendar for all instruments: train / val / test cut at common timestamps.
   all_segs, cuts = splits_lib.calendar_segments(
-      [s[1] for s in series], data_config.val_fraction, data_config.test_fraction,
-      data_config.embargo)
-  for inst_id, ((name, ts, f, labels, ret, off), segs) in enumerate(zip(series, all_segs)):
-    names.append(name)
-    for split in splits_lib.SPLITS:
-      t = splits_lib.window_ends(segs[split], T, h)
-      parts[split].append(_samples(offset, t, labels, ret, off, ts, inst_id))
-    train_rows.append(offset + np.arange(*segs["train"]))  # Bars before the first cut.
-    feats.append(f)
-    offset += len(f)
-  split_objs = {split: _make_split(split, p, num_classes) for split, p in parts.items()}
-  for split, s in split_objs.items():
+      stamps, data_config.val_fraction, data_config.test_fraction, data_config.embargo)
+  lengths = [len(ts) for ts in stamps]
+  del stamps
+  ends = {split: [rolls_lib.keep_clear(splits_lib.window_ends(g[split], T, h), name,
+                                       crossing, facts, split, T, h)
+                  for name, g in zip(names, all_segs)] for split in splits_lib.SPLITS}
+  for split in splits_lib.SPLITS:
     # An instrument may have no bars in a period; only a split empty everywhere fails.
-    if len(s) == 0:
+    if not sum(map(len, ends[split])):
       period = {"train": f"before {_iso(cuts['val_start'])}",
                 "val": f"from {_iso(cuts['val_start'])} to {_iso(cuts['test_start'])}",
                 "test": f"from {_iso(cuts['test_start'])}"}[split]
@@ -283,15 +342,51 @@ def build_dataset(data_config, data_dir, normalizer=None, check_labels=True):
           f"timestamps for all instruments, embargo={data_config.embargo} bars dropped "
           f"after each cut), and no instrument of {data_dir} has more than {most} there "
           "(use a smaller window, other val_fraction / test_fraction, or more data)")
+  # Each split's columns filled in place, a series at a time (no second copy).
+  cols = {split: {k: np.empty(sum(map(len, ends[split])), d) for k, d in zip(_COLUMNS, _DTYPES)}
+          for split in splits_lib.SPLITS}
+  starts, filled, moments = np.cumsum([0] + lengths), dict.fromkeys(splits_lib.SPLITS, 0), []
+  # The pooled matrix, too, before the passes' temporaries: where the process keeps freed
+  # memory (host_memory), they then reuse one region above the long-lived arrays.
+  out = feature_pass.empty_matrix(data_config, int(starts[-1]), normalizer, facts)
+  for i, (name, ts, bars, labels, ret, off, num_classes) in enumerate(_label_series(
+      data_config, data_dir, feature_pass.reread(data_config, data_dir, names, lengths), facts)):
+    for split in splits_lib.SPLITS:
+      part, row = _samples(starts[i], ends[split][i], labels, ret, off, ts, i), filled[split]
+      for k, c in zip(_COLUMNS, part):
+        cols[split][k][row:row + len(c)] = c
+      filled[split] += len(part[0])
+    if normalizer is None:  # Bars before the first cut.
+      moments.append(feature_pass.series_moments(data_config, name, ts, bars,
+                                                 all_segs[i]["train"]))
+  ends = ts = bars = labels = ret = off = part = None  # The last series' arrays.
+  split_objs = {split: Split(split, **cols.pop(split), signal_class=labels_lib.signal_class(
+      num_classes)) for split in splits_lib.SPLITS}
   for split, s in split_objs.items():
     if check_labels:  # Before any model is built: training on it would report nonsense.
       check_positives(s, data_config, data_dir)
-  features = np.concatenate(feats)
+  feats = feature_pass.SeriesFeatures(data_config, data_dir, names, lengths)
   if normalizer is None:
-    normalizer = features_lib.fit_normalizer(features, np.concatenate(train_rows))
-  return Dataset(features=features_lib.normalize(features, normalizer), splits=split_objs,
-                 instruments=names, normalizer=normalizer, window=T, horizon=h,
-                 num_classes=num_classes, cuts=cuts)
+    fnames = features_lib.feature_names(data_config.get("features", "default"))
+    normalizer = features_lib.pooled_normalizer(moments, names=fnames)
+    if facts["normalization"] == "per_instrument":  # Each on its own training bars.
+      normalizer = instruments_lib.fit_per_instrument(
+          feats, names, [np.arange(*g["train"]) for g in all_segs], normalizer, fnames)
+  return Dataset(features=_normalize(feats, names, normalizer, data_dir, int(starts[-1]), out),
+                 splits=split_objs, instruments=names, normalizer=normalizer, window=T,
+                 horizon=h, num_classes=num_classes, cuts=cuts,
+                 facts=_normalization_fact(facts, normalizer))
+
+
+def _normalize(feats, names, normalizer, data_dir, rows, out=None):
+  """Normalised features by the normaliser's kind (a checkpoint's decides, not the config)."""
+  if normalizer.get("kind") == "per_instrument":
+    return instruments_lib.normalize_per_instrument(feats, names, normalizer, data_dir, rows)
+  return feats.normalized(normalizer, rows, out)  # No float64 copy of all (feature_pass).
+
+
+def _normalization_fact(facts, normalizer):
+  return {**facts, "normalization": normalizer.get("kind", "pooled")}
 
 
 def build_inference_set(data_config, data_dir, normalizer, labelled_only=False):
@@ -301,22 +396,42 @@ def build_inference_set(data_config, data_dir, normalizer, labelled_only=False):
     labelled_only: keep only windows whose forward return is known (evaluation);
       otherwise the most recent windows are kept too, with label -1 (prediction).
   """
+  if data_config.source == "samples":
+    return _sample_dataset(data_config, data_dir, normalizer,
+                           "labelled" if labelled_only else "all", labelled_only)
   T, h = data_config.window, data_config.horizon
-  feats, parts, names, offset = [], [], [], 0
-  series, num_classes = _load_series(data_config, data_dir)
-  for inst_id, (name, ts, f, labels, ret, off) in enumerate(series):
+  parts, names, offset = [], [], 0
+  series, num_classes, facts = _load_series(data_config, data_dir)
+  feats = feature_pass.SeriesFeatures(data_config, data_dir, [s[0] for s in series],
+                                      [len(s[1]) for s in series])
+  crossing, facts = rolls_lib.crossing_rows(facts)
+  for inst_id, (name, ts, labels, ret, off) in enumerate(series):
     names.append(name)
-    last = len(f) - 1 - (h if labelled_only else 0)
-    t = np.arange(T, last + 1, dtype=np.int64)
+    last = len(ts) - 1 - (h if labelled_only else 0)
+    t = rolls_lib.keep_clear(np.arange(T, last + 1, dtype=np.int64), name, crossing, facts, "all", T, h)
     parts.append(_samples(offset, t, labels, ret, off, ts, inst_id))
-    feats.append(f)
-    offset += len(f)
+    offset += len(ts)
+  del series
   split = _make_split("all", parts, num_classes)
   if len(split) == 0:
     raise ValueError(f"{data_dir} has no complete window of {T} bars"
                      + (f" with a {h}-bar forward return" if labelled_only else ""))
   if labelled_only:  # Evaluation data scored by F1: as degenerate as a test split would be.
     check_positives(split, data_config, data_dir)
-  return Dataset(features=features_lib.normalize(np.concatenate(feats), normalizer),
+  features_lib.check_normalizer(normalizer, data_config.get("features", "default"))
+  return Dataset(features=_normalize(feats, names, normalizer, data_dir, offset),
                  splits={"all": split}, instruments=names, normalizer=normalizer,
-                 window=T, horizon=h, num_classes=num_classes)
+                 window=T, horizon=h, num_classes=num_classes,
+                 facts=_normalization_fact(facts, normalizer))
+
+
+def _sample_dataset(data_config, data_dir, normalizer, whole, check_labels):
+  """data.source="samples": the packed samples (sample_set), with Split objects as here."""
+  k = labels_lib.class_count(label_config(data_config))
+  ds = sample_set.load_sample_set(data_config, data_dir, k, normalizer, whole)
+  ds.splits = {n: Split(n, **cols, signal_class=labels_lib.signal_class(k))
+               for n, cols in ds.splits.items()}
+  for s in ds.splits.values():
+    if check_labels:
+      check_positives(s, data_config, data_dir)
+  return ds

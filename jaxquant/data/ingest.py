@@ -1,21 +1,24 @@
-"""Turns real bar data into `.jqs` shards (and loose samples into `.jqx`).
+"""Turns real bar data into Parquet shards (and loose samples into `samples.parquet`).
 
 Command line::
 
     python -m jaxquant.data.ingest --out=DIR [--time-format=FMT] [--on-error=stop|skip]
-                                   [--instrument=NAME] [--chunk-rows=4096]
-                                   [--max-gap=14d] [--max-bar-range=1.0] INPUT...
+                                   [--instrument=NAME] [--chunk-rows=65536]
+                                   [--max-gap=14d] [--max-bar-range=1.0]
+                                   [--timezone=ZONE] [--product=NAME | --noroll] INPUT...
 
 Each INPUT is a file or a folder (folders are scanned, non-recursively, for
-`*.csv` and `*.zst` in sorted name order). Three kinds of input:
+`*.csv`, `*.csv.gz`, `*.zst` and `*.jqs` in sorted name order; a `.jqs` shard of the old
+format is converted as it is). Three kinds of input:
 
 * a generic OHLCV CSV (header required, columns matched case-insensitively);
 * a TqSdk `DataDownloader` CSV (detected by its `datetime_nano` column),
   possibly holding several symbols: one shard per symbol;
 * loose per-sample `.zst` files (a zstd-compressed `.npy` array, or `.npz`
-  with `x`/`sample` and optional `y`/`label`), packed into one checksummed,
-  random-access `samples.jqx` (`samples.SampleShardReader`). A `*.csv.zst`
-  whose payload is not a NumPy file is read as a CSV.
+  with `x`/`sample` and optional `y`/`label`, `r`/`ret`/`return`/`fwd_return` and
+  `t`/`time`/`timestamp`), packed into one `samples.parquet` (`samples.read_samples`;
+  `data.source="samples"` trains on it). A `*.csv.zst` whose payload is not a NumPy
+  file is read as a CSV.
 
 Every row is validated (`csv_bars`, rules in `bar_checks`); with
 --on-error=stop (default) the first problem is reported as
@@ -43,6 +46,9 @@ from jaxquant import io_utils
 from jaxquant.data import bar_checks
 from jaxquant.data import bar_times
 from jaxquant.data import csv_bars
+from jaxquant.data import instruments
+from jaxquant.data import legacy_shards
+from jaxquant.data import rolls
 from jaxquant.data import samples
 from jaxquant.data import shards
 
@@ -53,10 +59,10 @@ def _expand(inputs):
   for inp in inputs:
     if os.path.isdir(inp):
       names = sorted(n for n in os.listdir(inp) if not n.startswith(".")
-                     and n.lower().endswith((".csv", ".zst"))
+                     and n.lower().endswith((".csv", ".csv.gz", ".zst", legacy_shards.JQS_SUFFIX))
                      and os.path.isfile(os.path.join(inp, n)))
       if not names:
-        raise bar_checks.IngestError(f"{inp}: folder holds no *.csv or *.zst files")
+        raise bar_checks.IngestError(f"{inp}: folder holds no *.csv, *.zst or *.jqs files")
       files += [os.path.join(inp, n) for n in names]
     elif os.path.exists(inp):
       files.append(inp)
@@ -77,11 +83,14 @@ def _safe_name(instrument):
   return "_" + s if s.startswith(".") else s
 
 
-def _read_inputs(files, time_format, on_error, max_gap, max_bar_range):
+def _read_inputs(files, time_format, on_error, max_gap, max_bar_range, timezone=None):
   """Reads and validates every file: (bar series, loose samples, their files, skipped counts)."""
   series = []
   builder, sample_files, sample_skipped = None, [], {}
   for path in files:
+    if path.lower().endswith(legacy_shards.JQS_SUFFIX):
+      series.append(_from_jqs(path))
+      continue
     data = samples.read_file(path)
     payload = data
     if path.lower().endswith(".zst"):
@@ -95,28 +104,37 @@ def _read_inputs(files, time_format, on_error, max_gap, max_bar_range):
       if not csv_name or samples.npy_kind(payload):
         builder = builder or samples.SampleBuilder()
         try:
-          x, y = samples.load_sample(path, payload)
+          x, y, r, t = samples.load_sample(path, payload)
         except bar_checks.IngestError:
           if on_error == "stop":
             raise
           sample_skipped["bad_sample_file"] = sample_skipped.get("bad_sample_file", 0) + 1
           continue
-        why = builder.problem(x, y)
+        why = builder.problem(x)
         if why:
           if on_error == "stop":
             raise bar_checks.IngestError(f"{path}: {why}")
           sample_skipped["sample_mismatch"] = sample_skipped.get("sample_mismatch", 0) + 1
           continue
-        builder.add(x, y)
+        builder.add(os.path.basename(path), x, y, r, t)
         sample_files.append({"name": os.path.basename(path),
                              "sha256": hashlib.sha256(data).hexdigest(),
                              "labeled": y is not None})
         continue
-    got = csv_bars.read_csv_bytes(path, payload, time_format, on_error, max_gap, max_bar_range)
+    got = csv_bars.read_csv_bytes(path, payload, time_format, on_error, max_gap, max_bar_range,
+                                  timezone)
     for s in got:  # The sha256 is of the file as stored (compressed or not).
       s.sha256 = hashlib.sha256(data).hexdigest()
     series += got
   return series, builder, sample_files, sample_skipped
+
+
+def _from_jqs(path):
+  """An old `.jqs` shard as a series, bars as they are (checked when it was written)."""
+  inst, ts, bars, meta = legacy_shards.read_jqs(path)
+  return csv_bars.Series(inst, ts, bars, {}, ["converted from a .jqs shard"], path,
+                         os.path.basename(path), shards.file_digest(path)["sha256"], "jqs",
+                         {"jqs_meta": meta})
 
 
 def _plan(series, out_dir):
@@ -154,58 +172,47 @@ def _check_out_dir(out_dir, ours):
   if not os.path.isdir(out_dir):
     return
   foreign = sorted(n for n in os.listdir(out_dir) if not n.startswith(".")
-                   and n.endswith((shards.SHARD_SUFFIX, samples.SAMPLE_SUFFIX)) and n not in ours)
+                   and (n.endswith(shards.SHARD_SUFFIX) or n == samples.SAMPLE_FILE)
+                   and n not in ours)
   if foreign:
     more = ", ..." if len(foreign) > 3 else ""
     raise bar_checks.IngestError(f"{out_dir}: already holds other shards "
                                  f"({', '.join(foreign[:3])}{more}); use an empty directory")
 
 
-def _write_samples(out_dir, name, builder, sample_files, sample_skipped):
-  """Writes samples.jqx; returns its summary entry and its manifest entry."""
-  skipped = dict(sorted(sample_skipped.items()))
-  if not name:
-    entry = {"shard": None, "num_samples": 0, "num_labels": 0, "skipped": skipped}
-    return (entry, entry) if sample_skipped else (None, None)
-  agg = hashlib.sha256("".join(f"{f['name']} {f['sha256']}\n" for f in sample_files)
-                       .encode()).hexdigest()
-  meta = {"generator": "jaxquant.data.ingest", "num_sources": len(sample_files),
-          "sources_sha256": agg, "skipped": skipped}
-  path = os.path.join(out_dir, name)
-  io_utils.atomic_write_bytes(path, builder.build(meta, path))
-  entry = {"shard": path, "num_samples": len(sample_files),
-           "num_labels": sum(f["labeled"] for f in sample_files),
-           "shape": list(builder.shape), "dtype": builder.dtype.str,
-           "label_shape": None if builder.label_shape is None else list(builder.label_shape),
-           "label_dtype": None if builder.label_dtype is None else builder.label_dtype.str,
-           "skipped": skipped}
-  return entry, {**entry, "shard": name, "sources": sample_files}
-
-
 def ingest(inputs, out_dir, *, time_format=None, on_error="stop", instrument=None,
-           chunk_rows=4096, max_gap=bar_checks.MAX_GAP, max_bar_range=bar_checks.MAX_BAR_RANGE):
+           chunk_rows=shards.DEFAULT_CHUNK_ROWS, max_gap=bar_checks.MAX_GAP,
+           max_bar_range=bar_checks.MAX_BAR_RANGE, product=None, roll=True, timezone=None):
   """Validates the inputs and writes shards + `manifest.json` to `out_dir`.
 
   Everything is read and validated before the first file is written, so
   bad input (stop mode) leaves `out_dir` untouched.  Bar shards are
-  `<instrument>.jqs` (`<instrument>.partK.jqs` when an instrument comes
-  from several files, ordered by time); loose samples go to `samples.jqx`.
+  `<instrument>.parquet` (`<instrument>.partK.parquet` when an instrument comes
+  from several files, ordered by time); loose samples go to `samples.parquet`.
   Any old `manifest.json` is removed first and the new one written last.
 
   Args:
-    inputs: files and/or folders (folders: their `*.csv`/`*.zst`, sorted).
+    inputs: files and/or folders (folders: their `*.csv`/`*.zst`/`*.jqs`, sorted).
     out_dir: output folder (created). It may hold shards of an earlier run
-      of the same inputs, but no other `*.jqs`/`*.jqx` files.
+      of the same inputs, but no other `*.parquet` files.
     time_format: strptime format for generic CSV time columns (or
       `epoch_s`/`epoch_ms`/`epoch_us`/`epoch_ns`); None: auto-detect.
+    timezone: CSV times with a UTC offset, and epoch times, in this zone's wall clock
+      (IANA name, UTC, +HH:MM); None: each file's most common offset (`bar_times.local_times`).
     on_error: `"stop"` (raise on the first bad row) or `"skip"` (drop
       and count bad rows / bad sample files).
     instrument: name for the single generic CSV input (default: file stem).
-    chunk_rows: rows per compressed chunk in bar shards.
+    chunk_rows: rows per Parquet row group in bar shards.
     max_gap: longest time between two kept rows of a series ('90m', '6h', '14d',
       seconds; 0 = any): a longer gap raises (stop) or is flagged (skip).
     max_bar_range: widest high - low of a bar, in the series' median closes
       (0 = any); a wider bar is a bad row (`absurd_range`).
+    product: name of the product every bar input is a contract month of; None groups
+      contract months by the naming rule of `rolls` (with `roll`).
+    roll: group contract months by that rule (manifest "products"; the contracts stay
+      separate shards, the config rolls them into one series at load time).
+
+  Writes `instruments.csv` too (the rows already there kept; `instruments`).
 
   Returns:
     The summary dict: ``{"out_dir", "instruments": [{"instrument", "rows",
@@ -232,6 +239,8 @@ def ingest(inputs, out_dir, *, time_format=None, on_error="stop", instrument=Non
   out_dir = os.fspath(out_dir)
   if time_format is not None:
     bar_times.user_time_format(time_format)  # Fail early on a bad format.
+  if timezone is not None:
+    bar_times.zone(timezone)
   gap = bar_checks.gap_ns(max_gap)
   if isinstance(max_bar_range, bool) or not isinstance(max_bar_range, (int, float)) \
           or not max_bar_range >= 0:
@@ -239,7 +248,8 @@ def ingest(inputs, out_dir, *, time_format=None, on_error="stop", instrument=Non
 
   # Phase 1: read and validate everything.
   series, builder, sample_files, sample_skipped = _read_inputs(_expand(inputs), time_format,
-                                                               on_error, gap, max_bar_range)
+                                                               on_error, gap, max_bar_range,
+                                                               timezone)
   generic = [s for s in series if s.kind == "csv"]
   if instrument is not None:
     if len(generic) != 1 or not instrument:
@@ -248,7 +258,14 @@ def ingest(inputs, out_dir, *, time_format=None, on_error="stop", instrument=Non
     generic[0].instrument = instrument
   plan, unwritten = _plan(series, out_dir)
   samples_name = samples.SAMPLE_FILE if builder is not None and builder.shape is not None else None
+  clash = [s.source for n, s in plan if n.lower() == samples.SAMPLE_FILE]
+  if clash:  # Its shard would be the packed samples' file (which load_dir skips).
+    raise bar_checks.IngestError(f"{clash[0]}: instrument name 'samples' is reserved for the "
+                                 f"packed samples ({samples.SAMPLE_FILE}); pass --instrument")
   _check_out_dir(out_dir, {n for n, _ in plan} | ({samples_name} if samples_name else set()))
+  products = rolls.ingest_products([(s.instrument, s.timestamps, s.bars) for _, s in plan],
+                                   product, roll)
+  table = instruments.load_table(out_dir)  # A malformed edit stops here, before any write.
 
   # Phase 2: write.
   os.makedirs(out_dir, exist_ok=True)
@@ -257,20 +274,21 @@ def ingest(inputs, out_dir, *, time_format=None, on_error="stop", instrument=Non
     os.remove(manifest_path)  # Its presence must mean "this ingest completed".
   except FileNotFoundError:
     pass
-  entries, m_entries = [], []
+  entries, m_entries, digests = [], [], {}
   for name, s in plan:
     meta = {"generator": "jaxquant.data.ingest", "source": s.source_name,
             "source_sha256": s.sha256, "source_kind": s.kind, "skipped": s.skipped,
             "flagged": s.flagged, "notes": s.notes, **s.extra_meta}
-    shards.write_shard(os.path.join(out_dir, name), s.instrument, s.timestamps, s.bars,
-                       chunk_rows=int(chunk_rows), meta=meta)
+    digests[name] = shards.write_shard(os.path.join(out_dir, name), s.instrument,
+                                       s.timestamps, s.bars, chunk_rows=int(chunk_rows),
+                                       meta=meta)
     entries.append(_entry(s, os.path.join(out_dir, name)))
     m_entries.append(_manifest_entry(s, name))
   for s in unwritten:
     entries.append(_entry(s, None))
     m_entries.append(_manifest_entry(s, None))
-  sample_entry, m_samples = _write_samples(out_dir, samples_name, builder, sample_files,
-                                           sample_skipped)
+  sample_entry, m_samples = samples.write_packed(out_dir, samples_name, builder, sample_files,
+                                                 sample_skipped)
 
   total_skipped = {}
   for e in entries:
@@ -284,15 +302,22 @@ def ingest(inputs, out_dir, *, time_format=None, on_error="stop", instrument=Non
     for k, v in e["flagged"].items():
       flagged[k] = flagged.get(k, 0) + v
   flagged = dict(sorted(flagged.items()))
+  grouped = {c for p in products.values() for c in p["contracts"]}
+  table_path = instruments.write_table(  # One row per series the config can train on.
+      out_dir, sorted(products) + sorted({s.instrument for _, s in plan} - grouped),
+      existing=table) if plan else None
   # Limits recorded so a reader (dataset.describe_data) can say what was checked.
   manifest = {"generator": "jaxquant.data.ingest", "shards": m_entries, "samples": m_samples,
               "total_rows": total_rows, "skipped": dict(sorted(total_skipped.items())),
               "flagged": flagged, "max_gap": bar_checks.fmt_gap(gap) if gap else None,
-              "max_bar_range": max_bar_range or None}
+              "max_bar_range": max_bar_range or None, shards.MANIFEST_KEY: digests,
+              "products": products}
   io_utils.atomic_write_json(manifest_path, manifest)
   return {"out_dir": out_dir, "instruments": entries, "samples": sample_entry,
           "total_rows": total_rows, "skipped": dict(sorted(total_skipped.items())),
-          "flagged": flagged, "manifest": manifest_path, "elapsed_s": time.perf_counter() - t0}
+          "flagged": flagged, "manifest": manifest_path, "products": products,
+          "instruments_table": table_path, "elapsed_s": time.perf_counter() - t0}
+
 
 
 def _entry(s, shard):
@@ -330,14 +355,11 @@ def format_summary(summary):
                  + " in all (the manifest lists the first)")
     for note in e["notes"]:
       out.append(f"    note: {note}")
-  s = summary["samples"]
-  if s:
-    if s["shard"]:
-      out.append(f"samples: {s['num_samples']} x {s['shape']} {s['dtype']}, "
-                 f"{s['num_labels']} labelled -> {s['shard']}")
-    if s["skipped"]:
-      out.append("    skipped files: "
-                 + ", ".join(f"{k}={v}" for k, v in s["skipped"].items()))
+  out += samples.describe_packed(summary["samples"])
+  out += rolls.describe_products(summary.get("products") or {})
+  if summary.get("instruments_table"):
+    out.append(f"instrument facts: {summary['instruments_table']} (edit it: tick size, "
+               "multiplier, commission, currency)")
   out.append(f"total: {summary['total_rows']} rows; manifest {summary['manifest']} "
              f"({summary['elapsed_s']:.2f}s)")
   return "\n".join(out)
@@ -355,14 +377,20 @@ def _define_flags():
   flags.DEFINE_string("out", None, "Output directory for shards + manifest.json.")
   flags.DEFINE_string("time_format", None, "strptime format of the time column "
                       "(or epoch_s/ms/us/ns); default: auto-detect.")
+  flags.DEFINE_string("timezone", None, "Times with a UTC offset and epoch times in this "
+                      "zone's wall clock (Asia/Shanghai, UTC, +08:00); default: the file's offset.")
   flags.DEFINE_enum("on_error", "stop", ["stop", "skip"], "stop: fail on the first bad row; "
                     "skip: drop bad rows and count them.")
   flags.DEFINE_string("instrument", None, "Instrument name for a single generic CSV input.")
-  flags.DEFINE_integer("chunk_rows", 4096, "Rows per compressed shard chunk.")
+  flags.DEFINE_integer("chunk_rows", shards.DEFAULT_CHUNK_ROWS, "Rows per Parquet row group.")
   flags.DEFINE_string("max_gap", bar_checks.MAX_GAP, "Longest time between two rows of a "
                       "series (90m, 6h, 14d; 0 = any): longer stops, or with skip is flagged.")
   flags.DEFINE_float("max_bar_range", bar_checks.MAX_BAR_RANGE, "Widest high - low of a bar, "
                      "in the series' median closes (0 = any); wider is a bad row.")
+  flags.DEFINE_string("product", None, "Every bar input is a contract month of this product "
+                      "(default: grouped by the EXCHANGE.productYYMM naming rule).")
+  flags.DEFINE_boolean("roll", True, "Group contract months of one product (rolled into one "
+                       "series at load, config.data.roll); --noroll keeps them apart.")
 
 
 def main(argv):
@@ -375,7 +403,8 @@ def main(argv):
   try:
     summary = ingest(argv[1:], fl.out, time_format=fl.time_format, on_error=fl.on_error,
                      instrument=fl.instrument, chunk_rows=fl.chunk_rows,
-                     max_gap=fl.max_gap, max_bar_range=fl.max_bar_range)
+                     max_gap=fl.max_gap, max_bar_range=fl.max_bar_range,
+                     product=fl.product, roll=fl.roll, timezone=fl.timezone)
   except ValueError as e:  # IngestError, ShardError: <file>:<line>: <reason>.
     cli.fail(e, code=2)
   except OSError as e:

@@ -22,6 +22,7 @@ import numpy as np
 
 from jaxquant import cli
 from jaxquant import io_utils
+from jaxquant.data import instruments as instruments_lib
 from jaxquant.data import shards
 
 # --- model constants (see docs/data-format.md) ---------------------------
@@ -236,11 +237,11 @@ def generate_market(instruments=4, days=30, signal=1.0, seed=0):
 
 
 def write_market(out_dir, instruments=4, days=30, signal=1.0, seed=0, progress=True):
-  """Generate the market and write `<name>.jqs` shards plus `manifest.json`.
+  """Generate the market and write `<name>.parquet` shards plus `manifest.json`.
 
   The manifest is written last, so its presence marks a complete market.
   Existing shards of the same names are replaced atomically; other
-  `*.jqs` files in `out_dir` are refused (mixing two markets in one
+  `*.parquet` files in `out_dir` are refused (mixing two markets in one
   directory would silently feed stale instruments to the loader).
 
   Args:
@@ -270,13 +271,14 @@ def write_market(out_dir, instruments=4, days=30, signal=1.0, seed=0, progress=T
 
   params = {"instruments": int(instruments), "days": int(days),
             "signal": float(signal), "seed": int(seed)}
-  rows = {}
+  rows, digests = {}, {}
   for i in tqdm(range(instruments), desc="synth", unit="instr", disable=not progress):
     sim = _simulate(i, int(days), float(signal), int(seed))
     meta = {"source": "jaxquant.data.synth", **params, "instrument_index": i,
             "base_price": sim["base_price"], "base_volume": sim["base_volume"]}
-    shards.write_shard(os.path.join(out_dir, sim["name"] + shards.SHARD_SUFFIX), sim["name"],
-                       sim["timestamps"], sim["bars"], meta=meta)
+    file = sim["name"] + shards.SHARD_SUFFIX
+    digests[file] = shards.write_shard(os.path.join(out_dir, file), sim["name"],
+                                       sim["timestamps"], sim["bars"], meta=meta)
     rows[sim["name"]] = int(sim["timestamps"].shape[0])
 
   manifest = {
@@ -297,7 +299,10 @@ def write_market(out_dir, instruments=4, days=30, signal=1.0, seed=0, progress=T
       },
       "instrument_rows": rows,
       "total_rows": sum(rows.values()),
+      shards.MANIFEST_KEY: digests,  # load_dir checks each file against these.
   }
+  # Rows with the facts of the products they are modelled on (instruments.default_row).
+  instruments_lib.write_table(out_dir, names, synthetic=True)
   io_utils.atomic_write_json(os.path.join(out_dir, "manifest.json"), manifest)
   return manifest
 

@@ -157,7 +157,7 @@ def main(argv):
   from jaxquant.data import shards  # Only the CLI reads shards.
 
   if len(argv) != 2:
-    cli.fail(f"expected one shard directory (*.jqs), got {argv[1:]}", code=2)
+    cli.fail(f"expected one shard directory (*.parquet), got {argv[1:]}", code=2)
   for name, _, bars in shards.load_dir(argv[1]):  # A ShardError exits 1 with its message.
     print(format_table(name, suggest_window(bars[:, 3], flags.FLAGS.max_lag,
                                             flags.FLAGS.threshold)))
