@@ -15,7 +15,6 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from jaxquant import host_memory
 from jaxquant import io_utils
 
 
@@ -141,7 +140,7 @@ def _quiet_library_shutdown_noise():
 
 
 def setup_process(distributed=True):
-  """Once per process, before any JAX work: quiet logs, compile cache, allocator,
+  """Once per process, before any JAX work: quiet logs, compile cache,
   file-size limits reported like a full disk, jax.distributed when launched so."""
   catch_interrupts()  # First: a signal during the imports below ends in one line too.
   from jaxquant import compile_cache  # JAX loads here, not for the tools that need none.
@@ -150,7 +149,6 @@ def setup_process(distributed=True):
   # full disk, instead of killing the process mid-save.
   signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
   compile_cache.enable()
-  host_memory.keep_freed_memory()
   if not os.environ.get("JAXQUANT_DEBUG"):
     _quiet_library_shutdown_noise()
   if distributed:

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxquant import host_memory
 from jaxquant import losses
 from jaxquant import mixup as mixup_lib
 from jaxquant import optim
@@ -93,6 +94,9 @@ class ShardedSteps:
   """The jitted steps of one model on one mesh, with the host-side batch plumbing."""
 
   def __init__(self, model, mesh, state, train_step=None):
+    # Freed memory stays in the process from the first step on (host_memory), not while the
+    # data loads: its temporaries would stay resident too.
+    host_memory.keep_freed_memory()
     self.mesh = mesh
     self.batch_sharding = parallel.batch_sharding(mesh)
     self.state_sharding = parallel.state_shardings(state, mesh)
