@@ -22,6 +22,7 @@ holding a 5-million-bar x 10-feature dataset, in a fresh subprocess.
 
 Usage:
   python benchmarks/loader.py [--quick] [--cold] [--no-docs]
+  python benchmarks/loader.py --scale-only   # only the 20M-bar subsection
 The last line printed is exactly `loader_speedup=<ratio>` ((a) amortised / (b),
 both through grain).
 """
@@ -296,8 +297,6 @@ def scale_child(data_dir, spec, batches, malloc):
   import resource
 
   from jaxquant import host_memory
-  if malloc == "keep":  # As jaxquant.cli sets up every run (freed memory stays).
-    assert host_memory.keep_freed_memory(), "JAXQUANT_MALLOC=default is set"
   from jaxquant import config_defaults
   from jaxquant.data import dataset as dataset_lib
   from jaxquant.data import loader
@@ -309,6 +308,8 @@ def scale_child(data_dir, spec, batches, malloc):
   t0 = time.perf_counter()
   ds = dataset_lib.build_dataset(cfg, data_dir)
   build_s = time.perf_counter() - t0
+  if malloc == "keep":  # As a run sets it up once the data is loaded (steps.ShardedSteps).
+    assert host_memory.keep_freed_memory(), "JAXQUANT_MALLOC=default is set"
   loaded = _proc_status_kib("VmRSS")
   train = len(ds.splits["train"])
   plan = np.random.default_rng(0).integers(0, train, (batches, BATCH))
@@ -342,7 +343,7 @@ def measure_scale(data_dir, spec, batches, malloc):
 
 SCALE_FEATURES = ("default", "original")
 MALLOC = {"default": "returned (glibc default)",
-          "keep": "kept (host_memory, as in a run)"}
+          "keep": "kept after the load (host_memory, as in a run)"}
 
 
 def run_scale(args, bars_each):
@@ -379,6 +380,42 @@ def scale_table(runs, instruments, bars_each):
   return rows
 
 
+def scale_section(args, bars_each, runs):
+  """The lines of the at-scale subsection (its heading first), as docs/performance.md has it."""
+  r = runs[0][2]
+  per_window = r["splits_mib"] * 2**20 / r["windows"]
+  return [
+      scale_heading(args.scale_instruments * bars_each),
+      "",
+      f"`python benchmarks/loader.py --scale-only` (also part of the full run) on "
+      f"{len(os.sched_getaffinity(0))} CPU cores, load average {os.getloadavg()[0]:.1f} "
+      f"(other work slows the timings, not the memory): {args.scale_instruments} instruments x {bars_each:,} one-minute bars "
+      "(vectorised random walks in three sessions a day, written with `shards.write_shard`), "
+      "loaded by `dataset.build_dataset` (window 500, horizon 15, binary labels, pooled "
+      f"normalisation) in a fresh process that then serves {args.scale_batches} shuffled "
+      f"batches of {BATCH} windows through `loader.train_batches`; peak RSS is the process's "
+      "`ru_maxrss`, imports (numpy, grain, jax) included. Raw = the [N, F] float32 feature "
+      "matrix; split arrays = the per-window index, label, return, instrument, timestamp and "
+      f"exit columns ({per_window:.0f} bytes a window: `split_columns.column_dtypes`, int8 labels, "
+      "instrument and exit offset, int32 index, float64 return, int64 timestamp). The load "
+      "reads the shards three times, one series in memory at a time (`data/feature_pass.py`: "
+      "each layer drops a series before the next is read, and the heap's freed pages go back "
+      "to the OS between series, `feature_pass.return_freed_memory`). `freed memory kept` is how "
+      "every run's process is set up once its data is loaded (`jaxquant/host_memory.py`: "
+      "glibc keeps freed blocks for XLA's scratch). Floor = what a loaded dataset must hold "
+      "(matrix + split arrays + imports); the rest of the peak is the last series of the "
+      "last pass: its float64 bars [n, 6] and timestamps (133 MiB at 2,500,000 bars) and one "
+      "feature column's temporaries. Goal: peak <= 3x raw.",
+      "",
+      *scale_table(runs, args.scale_instruments, bars_each),
+      "",
+  ]
+
+
+def scale_heading(bars):
+  return f"### {bars:,} bars through the real load path"
+
+
 # ----------------------------------------------------------------------------
 # Report
 # ----------------------------------------------------------------------------
@@ -391,6 +428,22 @@ def write_section(text, path=DOC):
 
   body = text.split(SECTION + "\n", 1)[1].lstrip("\n").rstrip("\n") + "\n"
   io_utils.replace_markdown_section(path, SECTION, body, title="Performance")
+
+
+def write_subsection(lines, path=DOC):
+  """Replaces the at-scale subsection of the '## Loader' section (up to the next '## '),
+  if the docs have one with this heading; leaves the file alone otherwise."""
+  from jaxquant import io_utils
+
+  with open(path, encoding="utf-8") as f:
+    text = f.read()
+  loader = text.split(SECTION + "\n", 1)[-1].split("\n## ", 1)[0]
+  # replace_markdown_section replaces up to the next '## ': this must be the last '###'.
+  if lines[0] + "\n" not in loader or "\n### " in loader.split(lines[0] + "\n", 1)[1]:
+    print(f"{path} has no '{lines[0]}' subsection at the end of '{SECTION}': not written")
+    return
+  io_utils.replace_markdown_section(path, lines[0], "\n".join(lines[2:]).rstrip("\n") + "\n")
+  print(f"wrote the '{lines[0]}' subsection of {path}")
 
 
 def _log(start, what):
@@ -411,7 +464,8 @@ def main():
   p.add_argument("--scale-instruments", type=int, default=8)
   p.add_argument("--scale-batches", type=int, default=200)
   p.add_argument("--scale-only", action="store_true",
-                 help="only the at-scale measurement (printed, docs untouched)")
+                 help="only the at-scale measurement: printed, and its subsection of the "
+                 "docs replaced when the docs have one of that many bars (not with --no-docs)")
   p.add_argument("--memory-child", help=argparse.SUPPRESS)
   p.add_argument("--scale-child", help=argparse.SUPPRESS)
   p.add_argument("--scale-features", default="default", help=argparse.SUPPRESS)
@@ -426,7 +480,10 @@ def main():
   scale_bars = args.scale_bars or (2_000_000 if args.quick else 20_000_000)
   bars_each = scale_bars // args.scale_instruments
   if args.scale_only:
-    print("\n".join(scale_table(*run_scale(args, bars_each), bars_each)))
+    lines = scale_section(args, bars_each, run_scale(args, bars_each)[0])
+    print("\n".join(lines))
+    if not args.no_docs:
+      write_subsection(lines)
     return
 
   num_bars = args.bars or (60_000 if args.quick else 200_000)
@@ -527,24 +584,7 @@ def main():
       f"{args.memory_bars:,} bars as per-sample windows would be "
       f"{args.memory_bars * T * F * 4 / 2**30:,.0f} GiB raw (arithmetic, not measured).",
       "",
-      f"### {args.scale_instruments * bars_each:,} bars through the real load path",
-      "",
-      f"{args.scale_instruments} instruments x {bars_each:,} one-minute bars (vectorised "
-      "random walks in three sessions a day, written with `shards.write_shard`), loaded by "
-      "`dataset.build_dataset` (window 500, horizon 15, binary labels, pooled normalisation) "
-      f"in a fresh process that then serves {args.scale_batches} shuffled batches of {BATCH} "
-      "windows through `loader.train_batches`; peak RSS is the process's `ru_maxrss`, "
-      "imports (numpy, grain, jax) included. Raw = the [N, F] float32 feature matrix; "
-      "split arrays = the per-window index, label, return, instrument, timestamp and exit "
-      "columns (36 bytes a window, more than the features' 24 when F = 6). The load reads "
-      "the shards three times, one series in memory at a time (`data/feature_pass.py`). "
-      "`freed memory kept` is how every run's process is set up (`jaxquant/host_memory.py`: "
-      "glibc keeps freed blocks for XLA's scratch). Floor = what a loaded dataset must hold "
-      "(matrix + split arrays + imports), before any transient: the goal, peak <= 3x raw, "
-      "is out of reach wherever the floor alone is near or above it.",
-      "",
-      *scale_table(scale_runs, args.scale_instruments, bars_each),
-      "",
+      *scale_section(args, bars_each, scale_runs),
       "",
   ])
   print(text)

@@ -366,7 +366,7 @@ def predict(workdir, config=None, step=None, data_dir=None, out=None):
   arrays = {"instrument": np.asarray(d.instruments)[s.instrument], "timestamp": s.timestamps,
             "probability": scores,
             "predicted_class": (scores >= threshold).astype(np.int32),
-            "label": s.labels, "forward_return": s.fwd_returns}
+            "label": s.labels.astype(np.int32), "forward_return": s.fwd_returns}
   scale = _return_scale(config, meta)
   if scale is not None:
     arrays["predicted_return"] = _in_return_units(rets, scale)

@@ -17,25 +17,27 @@ from jaxquant.data import labels as labels_lib
 from jaxquant.data import rolls as rolls_lib
 from jaxquant.data import sample_set
 from jaxquant.data import shards
+from jaxquant.data import split_columns
 from jaxquant.data import splits as splits_lib
 from jaxquant.data import synth
 
 
 @dataclasses.dataclass
 class Split:
-  """Samples of one split. All arrays are [n] and aligned."""
+  """Samples of one split. All arrays are [n] and aligned; integer columns are as narrow
+  as their values allow (split_columns.column_dtypes), their values the same."""
   name: str
   ends: np.ndarray          # Row of the window's last bar in Dataset.features.
-  labels: np.ndarray        # int32 class.
+  labels: np.ndarray        # Class (int8; batches carry it as int32).
   # float64 return of the trade the label describes: close_t → close_{t+h} for
   # binary / three_class, close_t → the barrier exit for triple_barrier (what the
   # trading sweep books, the regression head fits and profit_loss weighs).
   fwd_returns: np.ndarray
-  instrument: np.ndarray    # int32 index into Dataset.instruments.
+  instrument: np.ndarray    # Index into Dataset.instruments (int8, int16 past 127).
   timestamps: np.ndarray    # int64 ns of the window's last bar.
   signal_class: int = 1     # labels.signal_class of the run's classes.
-  # int32 bars from t to the trade's exit: the barrier's exit_offset for
-  # triple_barrier, the horizon for the other kinds; -1 where the label is unknown.
+  # Bars from t to the trade's exit: the barrier's exit_offset for triple_barrier,
+  # the horizon for the other kinds; -1 where the label is unknown.
   exit_offsets: np.ndarray = None
 
   def __len__(self):
@@ -47,10 +49,13 @@ class Split:
     return float((self.labels == self.signal_class).mean()) if len(self) else float("nan")
 
   def summary(self):
-    known = self.labels[self.labels >= 0]
-    return {"windows": len(self), "positives": int((known == self.signal_class).sum()),
+    # Counted per class: np.bincount would cast every label to int64 first.
+    top = int(self.labels.max()) if len(self) else -1
+    counts = [int(np.count_nonzero(self.labels == c)) for c in range(top + 1)]
+    return {"windows": len(self),
+            "positives": counts[self.signal_class] if self.signal_class < len(counts) else 0,
             "positive_rate": self.positive_rate,
-            "class_counts": np.bincount(known).tolist() if len(known) else [],
+            "class_counts": counts,
             "start": _iso(self.timestamps.min()) if len(self) else None,
             "end": _iso(self.timestamps.max()) if len(self) else None}
 
@@ -220,8 +225,12 @@ def _label_series(data_config, data_dir, loaded, facts):
       ret, off = lab["exit_return"], lab["exit_offset"]
     else:
       ret = lab["fwd_return"]
-      off = np.where(lab["labels"] >= 0, data_config.horizon, -1).astype(np.int32)
-    yield name, ts, bars, lab["labels"], ret, off, lab["num_classes"]
+      off = np.where(lab["labels"] >= 0, np.int32(data_config.horizon), np.int32(-1))
+    labels, num_classes = lab["labels"], lab["num_classes"]
+    del lab
+    yield name, ts, bars, labels, ret, off, num_classes
+    # Gone before the next series is read: one series in memory at a time.
+    ts = bars = labels = ret = off = None
 
 
 def _load_series(data_config, data_dir):
@@ -232,24 +241,11 @@ def _load_series(data_config, data_dir):
   out, num_classes = [], 2
   facts = {"normalization": data_config.get("normalization", "pooled"), "rolls": {}}
   loaded = feature_pass.series_bars(data_config, data_dir, facts["rolls"])
-  for name, ts, _, labels, ret, off, num_classes in _label_series(data_config, data_dir,
-                                                                  loaded, facts):
+  for name, ts, bars, labels, ret, off, num_classes in _label_series(data_config, data_dir,
+                                                                     loaded, facts):
     out.append((name, ts, labels, ret, off))
+    del bars  # Before the next series is read.
   return out, num_classes, facts
-
-
-_COLUMNS = ("ends", "labels", "fwd_returns", "instrument", "timestamps", "exit_offsets")
-_DTYPES = (np.int64, np.int32, np.float64, np.int32, np.int64, np.int32)
-
-
-def _make_split(name, parts, num_classes):
-  cols = {k: np.concatenate(c) for k, c in zip(_COLUMNS, zip(*parts))}
-  return Split(name, **cols, signal_class=labels_lib.signal_class(num_classes))
-
-
-def _samples(offset, t, labels, ret, off, ts, inst_id):
-  return (offset + t, labels[t].astype(np.int32), ret[t], np.full(len(t), inst_id, np.int32),
-          ts[t], off[t])
 
 
 def _label_hint(data_config, more):
@@ -317,9 +313,10 @@ def build_dataset(data_config, data_dir, normalizer=None, check_labels=True):
   # the labels and the training rows' moments, then the normalised features.
   facts = {"normalization": data_config.get("normalization", "pooled"), "rolls": {}}
   names, stamps = [], []
-  for name, ts, _ in feature_pass.series_bars(data_config, data_dir, facts["rolls"]):
+  for name, ts, bars in feature_pass.series_bars(data_config, data_dir, facts["rolls"]):
     names.append(name)
     stamps.append(ts)
+    ts = bars = None
   crossing, facts = rolls_lib.crossing_rows(facts)
   # One calendar for all instruments: train / val / test cut at common timestamps.
   all_segs, cuts = splits_lib.calendar_segments(
@@ -343,23 +340,25 @@ def build_dataset(data_config, data_dir, normalizer=None, check_labels=True):
           f"after each cut), and no instrument of {data_dir} has more than {most} there "
           "(use a smaller window, other val_fraction / test_fraction, or more data)")
   # Each split's columns filled in place, a series at a time (no second copy).
-  cols = {split: {k: np.empty(sum(map(len, ends[split])), d) for k, d in zip(_COLUMNS, _DTYPES)}
+  dtypes = split_columns.column_dtypes(sum(lengths), len(names), h)
+  cols = {split: split_columns.empty_columns(sum(map(len, ends[split])), dtypes)
           for split in splits_lib.SPLITS}
   starts, filled, moments = np.cumsum([0] + lengths), dict.fromkeys(splits_lib.SPLITS, 0), []
   # The pooled matrix, too, before the passes' temporaries: where the process keeps freed
   # memory (host_memory), they then reuse one region above the long-lived arrays.
   out = feature_pass.empty_matrix(data_config, int(starts[-1]), normalizer, facts)
-  for i, (name, ts, bars, labels, ret, off, num_classes) in enumerate(_label_series(
-      data_config, data_dir, feature_pass.reread(data_config, data_dir, names, lengths), facts)):
+  i = -1  # (No enumerate: its cached tuple would keep the previous series alive.)
+  for name, ts, bars, labels, ret, off, num_classes in _label_series(
+      data_config, data_dir, feature_pass.reread(data_config, data_dir, names, lengths), facts):
+    i += 1
     for split in splits_lib.SPLITS:
-      part, row = _samples(starts[i], ends[split][i], labels, ret, off, ts, i), filled[split]
-      for k, c in zip(_COLUMNS, part):
-        cols[split][k][row:row + len(c)] = c
-      filled[split] += len(part[0])
+      filled[split] = split_columns.fill_series(cols[split], filled[split], starts[i],
+                                                ends[split][i], labels, ret, off, ts, i)
     if normalizer is None:  # Bars before the first cut.
       moments.append(feature_pass.series_moments(data_config, name, ts, bars,
                                                  all_segs[i]["train"]))
-  ends = ts = bars = labels = ret = off = part = None  # The last series' arrays.
+    ts = bars = labels = ret = off = None  # Before the next series is read.
+  ends = None
   split_objs = {split: Split(split, **cols.pop(split), signal_class=labels_lib.signal_class(
       num_classes)) for split in splits_lib.SPLITS}
   for split, s in split_objs.items():
@@ -400,19 +399,24 @@ def build_inference_set(data_config, data_dir, normalizer, labelled_only=False):
     return _sample_dataset(data_config, data_dir, normalizer,
                            "labelled" if labelled_only else "all", labelled_only)
   T, h = data_config.window, data_config.horizon
-  parts, names, offset = [], [], 0
+  parts, names, offset = [], [], 0  # parts: each series' window ends.
   series, num_classes, facts = _load_series(data_config, data_dir)
   feats = feature_pass.SeriesFeatures(data_config, data_dir, [s[0] for s in series],
                                       [len(s[1]) for s in series])
   crossing, facts = rolls_lib.crossing_rows(facts)
-  for inst_id, (name, ts, labels, ret, off) in enumerate(series):
+  for name, ts, labels, ret, off in series:
     names.append(name)
     last = len(ts) - 1 - (h if labelled_only else 0)
-    t = rolls_lib.keep_clear(np.arange(T, last + 1, dtype=np.int64), name, crossing, facts, "all", T, h)
-    parts.append(_samples(offset, t, labels, ret, off, ts, inst_id))
+    parts.append(rolls_lib.keep_clear(np.arange(T, last + 1, dtype=np.int64), name, crossing,
+                                      facts, "all", T, h))
+  cols = split_columns.empty_columns(sum(map(len, parts)), split_columns.column_dtypes(
+      sum(len(s[1]) for s in series), len(series), h))
+  row = 0
+  for inst_id, ((name, ts, labels, ret, off), t) in enumerate(zip(series, parts)):
+    row = split_columns.fill_series(cols, row, offset, t, labels, ret, off, ts, inst_id)
     offset += len(ts)
-  del series
-  split = _make_split("all", parts, num_classes)
+  del series, parts
+  split = Split("all", **cols, signal_class=labels_lib.signal_class(num_classes))
   if len(split) == 0:
     raise ValueError(f"{data_dir} has no complete window of {T} bars"
                      + (f" with a {h}-bar forward return" if labelled_only else ""))

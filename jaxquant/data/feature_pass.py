@@ -9,7 +9,12 @@ series' features at a time, a column at a time where it can.
 benchmarks/loader.py measures the peak memory.
 """
 
+import ctypes
+import functools
+import sys
+
 import numpy as np
+import pyarrow as pa
 
 from jaxquant.data import features as features_lib
 from jaxquant.data import rolls as rolls_lib
@@ -25,8 +30,11 @@ def series_bars(data_config, data_dir, roll_facts):
     roll_facts: dict that receives each joined product's facts (rolls.join_products).
   """
   roll = data_config.get("roll") or {}
+  products = rolls_lib.read_products(data_dir)
+  if not products:  # Nothing to join: straight from the shards, so no layer keeps a series.
+    return shards.load_dir(data_dir)
   return rolls_lib.join_products(
-      shards.load_dir(data_dir), rolls_lib.read_products(data_dir),
+      shards.load_dir(data_dir), products,
       roll.get("by", "open_interest"), roll.get("adjust", "ratio"), roll_facts)
 
 
@@ -42,6 +50,26 @@ def instrument_features(data_config, name, ts, bars):
     raise ValueError(f"instrument {name}: {e}") from None
 
 
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+  if not sys.platform.startswith("linux"):
+    return None
+  try:
+    return ctypes.CDLL("libc.so.6").malloc_trim
+  except (OSError, AttributeError):  # Not glibc.
+    return None
+
+
+def return_freed_memory():
+  """Hands freed memory back to the OS: Arrow's pool's, and the free pages inside
+  glibc's heap (malloc_trim; elsewhere nothing). A dropped series leaves holes in the
+  heap that free() keeps resident and the next series does not fill."""
+  pa.default_memory_pool().release_unused()
+  trim = _malloc_trim()
+  if trim is not None:
+    trim(0)
+
+
 def reread(data_config, data_dir, names, lengths):
   """series_bars again, one series at a time, checked against the first read.
 
@@ -51,22 +79,32 @@ def reread(data_config, data_dir, names, lengths):
   Raises:
     ValueError: the directory changed between the reads.
   """
-  seen = 0
-  for name, ts, bars in series_bars(data_config, data_dir, {}):
-    if seen >= len(names) or (name, len(ts)) != (names[seen], lengths[seen]):
+  seen, series = 0, series_bars(data_config, data_dir, {})
+  while True:
+    # The consumer and every layer below hold nothing of the last series now
+    # (shards.load_dir keeps no reference): its memory goes before the next is read.
+    return_freed_memory()
+    name, ts, bars = next(series, (None, None, None))
+    if name is None or seen >= len(names) or (name, len(ts)) != (names[seen], lengths[seen]):
       break
     seen += 1
     yield name, ts, bars
+    ts = bars = None
   if seen != len(names):
     raise ValueError(f"{data_dir} changed while it was being read (series "
                      f"{names[min(seen, len(names) - 1)]!r}): run again")
 
 
 def _columns(data_config, name, ts, bars):
-  try:
-    yield from features_lib.feature_columns(bars, ts, data_config.get("features", "default"))
-  except ValueError as e:
-    raise ValueError(f"instrument {name}: {e}") from None
+  """The feature columns of one series, each computed once the previous one is dropped
+  (features.feature_columns' own generator would hold it while computing the next)."""
+  for item in features_lib.resolve_features(data_config.get("features", "default")):
+    try:
+      (col,) = features_lib.feature_columns(bars, ts, [item])
+    except ValueError as e:
+      raise ValueError(f"instrument {name}: {e}") from None
+    yield col
+    col = None
 
 
 def series_moments(data_config, name, ts, bars, train):
@@ -85,6 +123,7 @@ def series_moments(data_config, name, ts, bars, train):
     x = col[train[0]:train[1]]
     mean.append(x.mean() if n else 0.0)
     m2.append(np.square(x - mean[-1]).sum() if n else 0.0)
+    col = x = None
   return n, np.array(mean), np.array(m2)
 
 
@@ -121,7 +160,10 @@ class SeriesFeatures:
 
   def __iter__(self):
     for name, ts, bars in reread(self.data_config, self.data_dir, self.names, self.lengths):
-      yield instrument_features(self.data_config, name, ts, bars)
+      feats = instrument_features(self.data_config, name, ts, bars)
+      ts = bars = None
+      yield feats
+      feats = None
 
   def normalized(self, normalizer, rows, out=None):
     """features.normalize of all series' features, a column of a series at a time
@@ -144,9 +186,14 @@ class SeriesFeatures:
       out = np.empty((rows, width), np.float32)
     row = 0
     for name, ts, bars in reread(self.data_config, self.data_dir, self.names, self.lengths):
-      for j, col in enumerate(_columns(self.data_config, name, ts, bars)):
+      j = -1  # (No enumerate: its cached tuple would keep the previous column alive.)
+      for col in _columns(self.data_config, name, ts, bars):
+        j += 1
         x = col - mean[j]
+        col = None
         x /= std[j]
         out[row:row + len(x), j] = x  # The cast astype(float32) makes.
+        x = None
       row += len(ts)
+      ts = bars = None  # Before the next series is read.
     return out

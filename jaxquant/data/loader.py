@@ -54,7 +54,9 @@ def train_batches(dataset, plan, rows=None, skip=0, jitter=0.0, seed=0, epoch=0,
       noise = np.random.default_rng([seed, epoch, int(step)]).normal(
           0.0, jitter, size=x[copy].shape)
       x[copy] += noise.astype(x.dtype)
-    return {"x": x, "y": split.labels[idx], "r": split.fwd_returns[idx].astype(np.float32)}
+    # int32 labels whatever the split stores (int8): the jitted step's input dtype.
+    return {"x": x, "y": split.labels[idx].astype(np.int32),
+            "r": split.fwd_returns[idx].astype(np.float32)}
 
   ds = grain.MapDataset.source([(i, row) for i, row in enumerate(plan)])
   ds = ds[skip:].map(gather)
@@ -77,5 +79,5 @@ def eval_batches(dataset, split_name, batch_size, rows=None):
     idx = np.arange(first, first + batch_size)[start:stop]
     real = idx < n
     idx = np.where(real, idx, 0)  # Padding rows repeat window 0 and are masked out.
-    yield {"x": dataset.windows(split_name, idx), "y": split.labels[idx] * real,
+    yield {"x": dataset.windows(split_name, idx), "y": split.labels[idx].astype(np.int32) * real,
            "r": split.fwd_returns[idx].astype(np.float32) * real, "mask": real}

@@ -264,7 +264,8 @@ class ShardReader:
     row0, row1 = int(self._row_starts[i]), int(self._row_starts[i + 1])
     where = f"row group {i} (rows {row0}-{row1 - 1})"
     try:
-      t = self._file.read_row_group(i)
+      # One thread: decoder threads would each grow a malloc arena of their own.
+      t = self._file.read_row_group(i, use_threads=False)
     except (OSError, pa.ArrowException) as e:
       raise self._err(f"{where} cannot be read ({_one_line(e)}) (file corrupt?)") from e
     if t.num_rows != row1 - row0 or any(c.null_count for c in t.columns):
@@ -311,7 +312,7 @@ class ShardReader:
       a, b = max(start, g0), min(stop, g0 + ts.shape[0])
       ts_out[a - start:b - start] = ts[a - g0:b - g0]
       bars_out[a - start:b - start] = bars[a - g0:b - g0]
-    if (np.diff(ts_out) <= 0).any():  # Across row groups too.
+    if (ts_out[1:] <= ts_out[:-1]).any():  # Across row groups too (no int64 np.diff copy).
       raise self._err("times are not strictly increasing (not written by jaxquant, or corrupt)")
     return ts_out, bars_out
 
@@ -394,8 +395,9 @@ def load_dir(directory):
   Before anything is yielded, every shard is checked against the manifest
   (when it records digests: each file listed there must be present with that
   size and sha256, and no other shard may be) and its footer is read; the
-  data is then read lazily, so only one instrument's bars are in memory
-  (`list(load_dir(d))` for all). Several shards of one instrument are
+  data is then read lazily: one instrument's bars in memory (`list(load_dir(d))`
+  for all) if the consumer drops each before asking for the next (a `for` loop's
+  variables hold it while the next is read). Several shards of one instrument are
   ordered by their first timestamp and concatenated; they must not overlap.
 
   Args:
@@ -429,18 +431,20 @@ def load_dir(directory):
 
 def _iter_instruments(groups):
   for name in sorted(groups):
-    parts = []
-    for path in groups[name]:
-      with ShardReader(path) as r:  # (Checked against the manifest above.)
-        parts.append((path, *r.read_all()))
-    group = sorted((p for p in parts if p[1].size), key=lambda p: int(p[1][0])) or parts[:1]
-    for (pa_, ta, _), (pb, tb, _) in zip(group, group[1:]):
-      if tb[0] <= ta[-1]:
-        raise ShardError(f"shard {pb}: instrument {name!r} overlaps {pa_} "
-                         f"(starts at {tb[0]} <= previous end {ta[-1]}); "
-                         "timestamps must keep increasing across parts")
-    if len(group) == 1:
-      yield name, group[0][1], group[0][2]
-    else:
-      yield name, np.concatenate([p[1] for p in group]), np.concatenate([p[2] for p in group])
-    del parts, group
+    yield _read_instrument(name, groups[name])  # (This frame keeps no reference to it.)
+
+
+def _read_instrument(name, paths):
+  parts = []
+  for path in paths:
+    with ShardReader(path) as r:  # (Checked against the manifest above.)
+      parts.append((path, *r.read_all()))
+  group = sorted((p for p in parts if p[1].size), key=lambda p: int(p[1][0])) or parts[:1]
+  for (pa_, ta, _), (pb, tb, _) in zip(group, group[1:]):
+    if tb[0] <= ta[-1]:
+      raise ShardError(f"shard {pb}: instrument {name!r} overlaps {pa_} "
+                       f"(starts at {tb[0]} <= previous end {ta[-1]}); "
+                       "timestamps must keep increasing across parts")
+  if len(group) == 1:
+    return name, group[0][1], group[0][2]
+  return name, np.concatenate([p[1] for p in group]), np.concatenate([p[2] for p in group])
