@@ -104,14 +104,6 @@ class _Manager(ocp.CheckpointManager):
       return None
 
 
-def _sha256(path):
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      h.update(block)
-  return h.hexdigest()
-
-
 def _files_digest(files):
   """The manifest's own checksum: a flipped bit in the manifest is caught too."""
   return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
@@ -206,7 +198,7 @@ class CheckpointStore:
     if jax.process_index() != 0:
       return
     d = self.step_dir(step)
-    files = {rel: _sha256(os.path.join(d, rel)) for rel in step_files(d)}
+    files = {rel: io_utils.file_sha256(os.path.join(d, rel)) for rel in step_files(d)}
     io_utils.atomic_write_json(os.path.join(d, MANIFEST), {
         "step": int(step), "files": files, "digest": _files_digest(files)})
 
@@ -237,7 +229,7 @@ class CheckpointStore:
                               "own checksum")
     for rel in sorted(files):
       try:
-        good = _sha256(os.path.join(d, rel)) == files[rel]
+        good = io_utils.file_sha256(os.path.join(d, rel)) == files[rel]
       except OSError as e:
         raise CorruptCheckpoint(f"{where} is corrupt: file {rel} cannot be read "
                                 f"({e.strerror})") from e

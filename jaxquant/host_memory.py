@@ -15,6 +15,7 @@ this does nothing.
 """
 
 import ctypes
+import functools
 import os
 import sys
 
@@ -23,15 +24,30 @@ _M_MMAP_MAX = -4
 _TRIM_AT = 2**31 - 1  # The largest int mallopt takes: 2 GiB.
 
 
+@functools.lru_cache(maxsize=None)
+def _glibc(name):
+  """glibc's function `name`, or None (not Linux, not glibc)."""
+  if not sys.platform.startswith("linux"):
+    return None
+  try:
+    return getattr(ctypes.CDLL("libc.so.6"), name)
+  except (OSError, AttributeError):  # Not glibc.
+    return None
+
+
 def keep_freed_memory():
   """Applies the setting (glibc on Linux only); returns True when it did."""
   if os.environ.get("JAXQUANT_MALLOC", "").lower() == "default":
     return False
-  if not sys.platform.startswith("linux"):
-    return False
-  try:
-    libc = ctypes.CDLL("libc.so.6")
-    mallopt = libc.mallopt
-  except (OSError, AttributeError):  # Not glibc.
+  mallopt = _glibc("mallopt")
+  if mallopt is None:
     return False
   return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_AT))
+
+
+def trim_heap():
+  """Hands the free pages inside glibc's heap back to the OS (malloc_trim; elsewhere
+  nothing): the holes a dropped array leaves, which free() keeps resident."""
+  trim = _glibc("malloc_trim")
+  if trim is not None:
+    trim(0)

@@ -6,6 +6,7 @@ complete new one, never a half-written file.
 """
 
 import errno
+import hashlib
 import json
 import os
 import tempfile
@@ -33,6 +34,15 @@ def _fsync_dir(directory):
     pass
   finally:
     os.close(fd)
+
+
+def file_sha256(path, block=1 << 20):
+  """The sha256 hex digest of a file, read in blocks (constant memory)."""
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    while chunk := f.read(block):
+      h.update(chunk)
+  return h.hexdigest()
 
 
 def atomic_write_bytes(path, data):

@@ -14,7 +14,6 @@ import numpy as np
 
 from jaxquant import checkpoints as checkpoints_lib
 from jaxquant import io_utils
-from jaxquant.data import samples
 from jaxquant.data import shards as shards_lib
 from jaxquant.models import param_count
 
@@ -68,8 +67,9 @@ def run_fingerprint(config, ds, data_dir):
   number of epochs) and the data pipeline (shards, split sizes)."""
   c = json.loads(config.to_json_best_effort())
   c["train"].pop("epochs", None)  # Training longer is a legitimate resume.
+  # (Bar shards and samples.parquet alike.)
   shards = sorted((f, os.path.getsize(os.path.join(data_dir, f))) for f in os.listdir(data_dir)
-                  if f.endswith(shards_lib.SHARD_SUFFIX) or f == samples.SAMPLE_FILE)
+                  if f.endswith(shards_lib.SHARD_SUFFIX))
   fingerprint = {"config": c, "shards": shards,
                  "splits": {n: len(s) for n, s in ds.splits.items()},
                  "processes": jax.process_count()}

@@ -24,6 +24,18 @@ TINY = {"data.synth.instruments": 2, "data.synth.days": 6, "data.window": 16,
 TINY_GRU = {"model.hidden": 8}
 
 
+def shard_data_config(**changes):
+  """config.data reading bar shards, with small windows (T=8, h=4) and 20 % val and test
+  splits, then `changes` (label_kind="three_class", ...)."""
+  from jaxquant import config_defaults
+  c = config_defaults.get_config().data
+  c.source, c.window, c.horizon, c.label_threshold = "shards", 8, 4, 0.001
+  c.val_fraction, c.test_fraction, c.embargo = 0.2, 0.2, 0
+  for k, v in changes.items():
+    c[k] = v
+  return c
+
+
 def tiny_config(data_dir, changes=None, config=None):
   """TINY (and TINY_GRU for the default GRU) with `changes` ({"train.epochs": 3, ...})
   on `config` (default configs/gru.py:quick), reading/generating data in `data_dir`."""

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from jaxquant import config_defaults
+from conftest import shard_data_config
 from jaxquant.data import dataset
 from jaxquant.data import features as features_lib
 from jaxquant.data import shards
@@ -32,13 +32,6 @@ def _write(directory, markets):
   return str(directory)
 
 
-def _config(**changes):
-  c = config_defaults.get_config().data
-  c.source, c.window, c.horizon, c.label_threshold = "shards", 8, 4, 0.001
-  c.val_fraction, c.test_fraction, c.embargo = 0.2, 0.2, 0
-  for k, v in changes.items():
-    c[k] = v
-  return c
 
 
 # ----------------------------------------------------------------------------
@@ -49,7 +42,7 @@ def _config(**changes):
 def test_window_reads_bars_up_to_t_and_its_label_the_next_h(tmp_path):
   n, T, h = 300, 8, 4
   ts, bars = np.arange(n, dtype=np.int64) * _MIN, _bars(n, 0)
-  cfg = _config(window=T, horizon=h)
+  cfg = shard_data_config(window=T, horizon=h)
   ds = dataset.build_dataset(cfg, _write(tmp_path / "a", {"X": (ts, bars)}))
   s = ds.splits["train"]
   i = len(s) // 2
@@ -90,13 +83,13 @@ def _normalizer_after(tmp_path, markets, name, bar, tag):
   bars[bar, 4] *= 7.0  # Volume: moves log_volume and both volume changes around it.
   bars[bar, [0, 1, 2, 3]] *= 1.02
   moved[name] = (ts, bars)
-  return dataset.build_dataset(_config(), _write(tmp_path / tag, moved)).normalizer
+  return dataset.build_dataset(shard_data_config(), _write(tmp_path / tag, moved)).normalizer
 
 
 def test_normaliser_statistics_come_from_training_rows_only(tmp_path):
   n = 500
   markets = {"X": (np.arange(n, dtype=np.int64) * _MIN, _bars(n, 1))}
-  base = dataset.build_dataset(_config(), _write(tmp_path / "base", markets))
+  base = dataset.build_dataset(shard_data_config(), _write(tmp_path / "base", markets))
   # Training rows: bars before the first cut, round(500 * 0.6) = 300.
   f = features_lib.bar_features(markets["X"][1])
   np.testing.assert_allclose(base.normalizer["mean"], f[:300].mean(axis=0), rtol=1e-12)
@@ -114,7 +107,7 @@ def test_normaliser_uses_the_calendar_cut_for_every_instrument(tmp_path):
   # pooled bar 720 = minute 400 + 320 / 2 = 560: B trains on minutes 400..559 only.
   markets = {"A": (np.arange(0, 600, dtype=np.int64) * _MIN, _bars(600, 2)),
              "B": (np.arange(400, 1000, dtype=np.int64) * _MIN, _bars(600, 3))}
-  base = dataset.build_dataset(_config(), _write(tmp_path / "base", markets))
+  base = dataset.build_dataset(shard_data_config(), _write(tmp_path / "base", markets))
   assert base.summary()["cuts"]["val_start"] == "1970-01-01T09:20:00"
   for name, bar, moves in [("A", 559, True), ("A", 560, False), ("B", 159, True),
                            ("B", 160, False), ("B", 300, False)]:
@@ -149,8 +142,8 @@ def _barrier_exits(bars, h, tp, sl):
 def test_triple_barrier_splits_carry_the_exit_return(tmp_path):
   n, h, tp, sl = 600, 6, 0.003, 0.002
   ts, bars = np.arange(n, dtype=np.int64) * _MIN, _bars(n, 4)
-  cfg = _config(horizon=h, label_kind="triple_barrier", take_profit=tp, stop_loss=sl,
-                barrier_binary=False)
+  cfg = shard_data_config(horizon=h, label_kind="triple_barrier", take_profit=tp,
+                          stop_loss=sl, barrier_binary=False)
   ds = dataset.build_dataset(cfg, _write(tmp_path, {"X": (ts, bars)}))
   ret, off = _barrier_exits(bars, h, tp, sl)
   plain = bars[h:, 3] / bars[:-h, 3] - 1

@@ -7,7 +7,7 @@ import weakref
 import numpy as np
 import pytest
 
-from jaxquant import config_defaults
+from conftest import shard_data_config
 from jaxquant.data import dataset
 from jaxquant.data import feature_pass
 from jaxquant.data import loader
@@ -34,19 +34,12 @@ def _market(directory, n=400, names=("A", "B", "C")):
   return str(directory)
 
 
-def _config(**changes):
-  c = config_defaults.get_config().data
-  c.source, c.window, c.horizon, c.label_threshold = "shards", 8, 4, 0.001
-  c.val_fraction, c.test_fraction, c.embargo = 0.2, 0.2, 0
-  for k, v in changes.items():
-    c[k] = v
-  return c
 
 
 @pytest.mark.parametrize("kind", ["binary", "three_class", "triple_barrier"])
 def test_columns_are_narrow_and_hold_the_values_of_the_bars(tmp_path, kind):
   d = _market(tmp_path)
-  cfg = _config(label_kind=kind, take_profit=0.004, stop_loss=0.004)
+  cfg = shard_data_config(label_kind=kind, take_profit=0.004, stop_loss=0.004)
   ds = dataset.build_dataset(cfg, d)
   loaded = {name: (ts, bars) for name, ts, bars in shards.load_dir(d)}
   starts = np.cumsum([0] + [len(loaded[n][0]) for n in ds.instruments])
@@ -74,7 +67,7 @@ def test_columns_are_narrow_and_hold_the_values_of_the_bars(tmp_path, kind):
 
 
 def test_batches_carry_int32_labels_equal_to_the_split(tmp_path):
-  ds = dataset.build_dataset(_config(), _market(tmp_path))
+  ds = dataset.build_dataset(shard_data_config(), _market(tmp_path))
   train = ds.splits["train"]
   plan = np.arange(2 * 16).reshape(2, 16)
   for batch, idx in zip(loader.train_batches(ds, plan), plan):
@@ -120,10 +113,10 @@ def test_the_load_path_holds_one_series_at_a_time(tmp_path, monkeypatch):
   names, lengths = map(list, zip(*[(n, len(t)) for n, t, _ in shards.load_dir(d)]))
   monkeypatch.setattr(shards.ShardReader, "read_all", checked_read_all)
   assert consume(shards.load_dir(d)) == names == ["A", "B", "C", "D"]
-  assert consume(feature_pass.reread(_config(), d, names, lengths)) == names
+  assert consume(feature_pass.reread(shard_data_config(), d, names, lengths)) == names
   read.clear()
-  ds = dataset.build_dataset(_config(), d)
+  ds = dataset.build_dataset(shard_data_config(), d)
   assert [name for name, _ in read] == names * 3  # Three passes.
   read.clear()
-  dataset.build_inference_set(_config(), d, ds.normalizer)
+  dataset.build_inference_set(shard_data_config(), d, ds.normalizer)
   assert [name for name, _ in read] == names * 2

@@ -9,13 +9,10 @@ series' features at a time, a column at a time where it can.
 benchmarks/loader.py measures the peak memory.
 """
 
-import ctypes
-import functools
-import sys
-
 import numpy as np
 import pyarrow as pa
 
+from jaxquant import host_memory
 from jaxquant.data import features as features_lib
 from jaxquant.data import rolls as rolls_lib
 from jaxquant.data import shards
@@ -50,24 +47,12 @@ def instrument_features(data_config, name, ts, bars):
     raise ValueError(f"instrument {name}: {e}") from None
 
 
-@functools.lru_cache(maxsize=1)
-def _malloc_trim():
-  if not sys.platform.startswith("linux"):
-    return None
-  try:
-    return ctypes.CDLL("libc.so.6").malloc_trim
-  except (OSError, AttributeError):  # Not glibc.
-    return None
-
-
 def return_freed_memory():
   """Hands freed memory back to the OS: Arrow's pool's, and the free pages inside
   glibc's heap (malloc_trim; elsewhere nothing). A dropped series leaves holes in the
   heap that free() keeps resident and the next series does not fill."""
   pa.default_memory_pool().release_unused()
-  trim = _malloc_trim()
-  if trim is not None:
-    trim(0)
+  host_memory.trim_heap()
 
 
 def reread(data_config, data_dir, names, lengths):

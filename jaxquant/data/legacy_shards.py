@@ -12,10 +12,9 @@ Every level is checked (header crc32, chunk table against the file size,
 chunk crc32, zstd checksum and size); every failure is a `ShardError`
 naming the file.
 
-`ShardError` and the checked binary-file helpers (`CheckedFileReader`,
-`PREAMBLE`, `U32`, `crc32`, also used by the `.jqx` sample shard) live here so
-that `shards` can re-export them without an import circle; they move when the
-binary formats go.
+`ShardError` is defined here and re-exported by `shards` (which imports this
+module for conversion), so both formats raise the one error without an import
+circle.
 """
 
 import json

@@ -336,15 +336,6 @@ def write_samples(path, x, labels=None, *, names=None, timestamps=None, returns=
   return hashlib.sha256(data).hexdigest()
 
 
-def file_sha256(path):
-  """The sha256 hex digest of a file, read in 16 MiB blocks."""
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(16 << 20), b""):
-      h.update(block)
-  return h.hexdigest()
-
-
 def read_samples(path, sha256=None):
   """Reads and verifies `samples.parquet`.
 
@@ -367,7 +358,7 @@ def read_samples(path, sha256=None):
                           "directory: python -m jaxquant.data.ingest --out=DIR FOLDER)")
   # The digest is computed beside the read (hashlib releases the GIL), checked first.
   with concurrent.futures.ThreadPoolExecutor(1) as pool:
-    digest = None if sha256 is None else pool.submit(file_sha256, path)
+    digest = None if sha256 is None else pool.submit(io_utils.file_sha256, path, 16 << 20)
     try:
       table, x = _read_table(path)
     except SampleFileError:
