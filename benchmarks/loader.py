@@ -23,6 +23,12 @@ holding a 5-million-bar x 10-feature dataset, in a fresh subprocess.
 Usage:
   python benchmarks/loader.py [--quick] [--cold] [--no-docs]
   python benchmarks/loader.py --scale-only   # only the 20M-bar subsection
+  python benchmarks/loader.py --device-gather [--quick]   # only the device-gather section
+
+--device-gather: windows/s of the device gather (data.device_windows: the feature matrix
+placed on the device once, each batch's windows gathered inside the jit from their end
+rows) against today's grain path, and the share of a real quick GRU train step the input
+takes on each (see device_gather_bench).
 The last line printed is exactly `loader_speedup=<ratio>` ((a) amortised / (b),
 both through grain).
 """
@@ -417,6 +423,150 @@ def scale_heading(bars):
 
 
 # ----------------------------------------------------------------------------
+# Windows gathered on the device (--device-gather): indices in, [B, T, F] out
+# ----------------------------------------------------------------------------
+
+DEVICE_SECTION = "## Windows gathered on the device"
+
+
+def _best_interleaved(fns, rounds):
+  """{name: best of `rounds` timings of fn()} (seconds), the functions taking turns in each
+  round, so that other work on the cores slows them alike (it can only slow a timing)."""
+  best = dict.fromkeys(fns, float("inf"))
+  for _ in range(rounds):
+    for name, fn in fns.items():
+      t0 = time.perf_counter()
+      fn()
+      best[name] = min(best[name], time.perf_counter() - t0)
+  return best
+
+
+def device_gather_bench(quick, log=print):
+  """The quick GRU's data and step (configs/gru.py:quick on the default market): windows/s
+  of today's host path (loader.train_batches, grain 2 threads, then put on the mesh) and
+  of the device gather (loader.train_ends, put, gathered by device_windows.gather_windows),
+  each blocked until the batch is ready; then a real train step fed by each path against
+  the same step on the same batches put on the device beforehand. Returns a dict of
+  figures."""
+  import jax
+
+  from configs import gru
+  from jaxquant import device_windows
+  from jaxquant import parallel
+  from jaxquant import steps as steps_lib
+  from jaxquant.data import dataset as dataset_lib
+  from jaxquant.data import loader
+
+  config = gru.get_config("quick")
+  ds = dataset_lib.build_dataset(config.data, dataset_lib.ensure_data(config.data, log=log))
+  mesh = parallel.make_mesh(config.mesh)
+  b, window = config.train.batch_size, ds.window
+  plan = loader.train_plan(ds, config.data, b, config.train.seed, 0, shards=mesh.size)
+  plan = plan[:40] if quick else plan
+  rounds = 3 if quick else 5
+  bsh, repl = parallel.batch_sharding(mesh), parallel.replicated(mesh)
+  put = lambda batch: parallel.global_batch(batch, bsh)
+  placed = device_windows.place(ds.features, mesh)
+  gather = jax.jit(lambda f, e: device_windows.gather_windows(f, e, window),
+                   in_shardings=(repl, bsh), out_shardings=bsh)
+  first_ends = next(iter(loader.train_ends(ds, plan)))["ends"]
+  assert np.array_equal(np.asarray(gather(placed, put(first_ends))),
+                        next(iter(loader.train_batches(ds, plan)))["x"])  # Bitwise.
+
+  def host_only():
+    for batch in loader.train_batches(ds, plan):
+      jax.block_until_ready(put(batch)["x"])
+
+  def device_only():
+    for batch in loader.train_ends(ds, plan):
+      jax.block_until_ready(gather(placed, put(batch)["ends"]))
+
+  out = {"steps": len(plan), "rounds": rounds, "batch": b, "window": window,
+         "features": ds.num_features,
+         "bars": ds.features.shape[0], "matrix_mib": ds.features.nbytes / 2**20,
+         "devices": f"{mesh.size} {jax.devices()[0].platform}"}
+  fns = {"host_gather_s": host_only, "device_gather_s": device_only}
+  windows = device_windows.DeviceWindows(placed, ds.features, window)
+  runs = {"host": steps_lib.setup_run(config, ds, mesh, len(plan)),
+          "device": steps_lib.setup_run(config, ds, mesh, len(plan), windows=windows)}
+  rng = jax.random.key(0)
+  for name, run in runs.items():
+    state = run.steps.place_state(run.state)
+    feed = ((lambda: loader.train_ends(ds, plan)) if name == "device"
+            else (lambda: loader.train_batches(ds, plan)))
+    ready = [put(batch) for batch in feed()]  # The epoch's inputs, already on the device.
+    state, _ = run.steps.train_step(state, ready[0], rng)  # Compiled outside the timings.
+    holder = {"state": state}
+
+    def fed(run=run, feed=feed, holder=holder):
+      st = holder["state"]
+      for batch in feed():
+        st, _ = run.steps.train_step(st, put(batch), rng)
+      holder["state"] = jax.block_until_ready(st)
+
+    def bare(run=run, ready=ready, holder=holder):
+      st = holder["state"]
+      for batch in ready:
+        st, _ = run.steps.train_step(st, batch, rng)
+      holder["state"] = jax.block_until_ready(st)
+
+    fns.update({f"{name}_fed_s": fed, f"{name}_bare_s": bare})
+  out.update(_best_interleaved(fns, rounds))
+  log("timed the gathers and the steps")
+  return out
+
+
+def device_section(r, quick):
+  """The '## Windows gathered on the device' section's lines for device_gather_bench's `r`."""
+  n, b = r["steps"], r["batch"]
+  ms = lambda s: 1e3 * s / n
+  bare = r["host_bare_s"]  # The step alone, on a batch of windows already on the device.
+  share = lambda fed: max(fed - bare, 0.0) / fed
+  rows = [
+      ("today: `loader.train_batches` (grain, 2 threads) → `put_batch` of x [B, T, F]",
+       r["host_gather_s"], r["host_fed_s"], r["host_bare_s"]),
+      ("device: `loader.train_ends` → `put_batch` of ends [B] → gather in the jit",
+       r["device_gather_s"], r["device_fed_s"], r["device_bare_s"]),
+  ]
+  table = ["| input path | windows/s (input only) | input alone, ms/batch | ms/step fed by "
+           "it | ms/step, input ready on the device | input's share of the fed step | "
+           "input alone / fed step |", "|---|---:|---:|---:|---:|---:|---:|"]
+  table += [f"| {name} | {n * b / g:,.0f} | {ms(g):.2f} | {ms(fed):.2f} | {ms(ready):.2f} | "
+            f"{share(fed):.0%} | {g / fed:.1%} |" for name, g, fed, ready in rows]
+  cores, load = len(os.sched_getaffinity(0)), os.getloadavg()[0]
+  busy = (f" **This run's load average ({load:.1f}) exceeded its {cores} cores: its step "
+          "timings (ms/step and both shares) are mostly other work's; only the input-only "
+          "columns compare the paths. Rerun on an idle machine for the step's share.**"
+          if load > cores else "")
+  return [
+      DEVICE_SECTION,
+      "",
+      f"`python benchmarks/loader.py --device-gather{' --quick' if quick else ''}` (also "
+      f"part of the default and `--quick` runs) on {r['devices']} device(s), "
+      f"{cores} CPU cores, load average {load:.1f}: the "
+      f"quick GRU's data and step (`configs/gru.py:quick` on the default market: "
+      f"{r['bars']:,} bars x {r['features']} features, {r['matrix_mib']:.1f} MiB, windows "
+      f"T={r['window']}, B={b}), {n} batches of the epoch's plan, best of "
+      f"{r['rounds']} rounds (the six timings take turns in each round). Windows/s: each "
+      "batch made and put on the mesh, blocked until its [B, T, F] windows are ready (the device path gathers them with "
+      "`device_windows.gather_windows` from the matrix placed once, `device_windows.place`; "
+      "bitwise the host's windows). Then the real train step (`steps.setup_run`, and with "
+      "`windows=` for the device path, as `data.device_windows` makes it) fed by each path, "
+      "against the same step on the same batches put on the device beforehand; the "
+      "input's share is (fed − the host step on ready batches) / fed (0 where the input hides entirely "
+      "behind the step), so the device path's in-step gather counts as input; the last "
+      "column is the share the input would take were it not overlapped with the step at "
+      "all (its time alone / the fed step). Step timings differing by less than ~10 % are "
+      "within this machine's noise at that load. On a CPU "
+      "the device is the host's memory: the gain is the numpy gather, grain's threads and "
+      "the copy into the device buffer." + busy,
+      "",
+      *table,
+      "",
+  ]
+
+
+# ----------------------------------------------------------------------------
 # Report
 # ----------------------------------------------------------------------------
 
@@ -446,6 +596,18 @@ def write_subsection(lines, path=DOC):
   print(f"wrote the '{lines[0]}' subsection of {path}")
 
 
+def write_device_section(args, figures):
+  """Prints the device-gather section and replaces it in the docs (not with --no-docs)."""
+  from jaxquant import io_utils
+
+  lines = device_section(figures, args.quick)
+  print("\n".join(lines))
+  if not args.no_docs:
+    io_utils.replace_markdown_section(DOC, DEVICE_SECTION, "\n".join(lines[2:]),
+                                      title="Performance")
+    print(f"wrote the '{DEVICE_SECTION}' section of {DOC}")
+
+
 def _log(start, what):
   print(f"[{time.perf_counter() - start:6.1f} s] {what}", file=sys.stderr, flush=True)
 
@@ -466,6 +628,9 @@ def main():
   p.add_argument("--scale-only", action="store_true",
                  help="only the at-scale measurement: printed, and its subsection of the "
                  "docs replaced when the docs have one of that many bars (not with --no-docs)")
+  p.add_argument("--device-gather", action="store_true",
+                 help="only the device-gather comparison (its section of the docs; also "
+                 "part of the default and --quick runs)")
   p.add_argument("--memory-child", help=argparse.SUPPRESS)
   p.add_argument("--scale-child", help=argparse.SUPPRESS)
   p.add_argument("--scale-features", default="default", help=argparse.SUPPRESS)
@@ -476,6 +641,9 @@ def main():
     return
   if args.scale_child:
     scale_child(args.scale_child, args.scale_features, args.scale_batches, args.scale_malloc)
+    return
+  if args.device_gather:
+    write_device_section(args, device_gather_bench(args.quick, log=print))
     return
   scale_bars = args.scale_bars or (2_000_000 if args.quick else 20_000_000)
   bars_each = scale_bars // args.scale_instruments
@@ -591,6 +759,7 @@ def main():
   if not args.no_docs:
     write_section(text)
     print(f"wrote the '{SECTION}' section of {DOC}")
+  write_device_section(args, device_gather_bench(args.quick, log=lambda m: _log(start, m)))
   print(f"loader_speedup={speedup:.2f}")
 
 

@@ -35,6 +35,7 @@ def model_config(quick: bool):
   m.dropout = 0.1
   m.head_dropout = 0.1  # Whole attention heads dropped with this probability.
   m.pooling = "mean"  # Or "last".
+  m.lora_rank = 0  # LoRA adapters of this rank on the attention/MLP kernels (train.trainable="lora"); 0 = none.
   if quick:  # One layer keeps a 2-core CPU run at minutes.
     m.d_model = 32
     m.num_heads = 2

@@ -186,14 +186,14 @@ class Backtests:
                           "fill": book.fill, "costs_from": book.facts,
                           "conventions": backtest_report.CONVENTIONS}
 
-  def write(self, out_dir, prefix=""):
-    """trades.csv (val and test) and equity.png (test) into out_dir."""
+  def write(self, out_dir, prefix="", equity=True):
+    """trades.csv (val and test) and equity.png (test; `equity`) into out_dir."""
     if self.skipped:
       return
     names = {k: b.names for k, b in self.books.items()}
     backtest_report.write_trades_csv(os.path.join(out_dir, prefix + "trades.csv"),
                                      self.tables, names)
-    if "test" in self.tables:
+    if equity and "test" in self.tables:
       backtest_report.plot_equity(self.tables["test"], self.books["test"].names,
                                   os.path.join(out_dir, prefix + "equity.png"))
 

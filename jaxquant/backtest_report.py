@@ -184,4 +184,6 @@ def markdown(summary, figure_prefix=""):
             "expected maximum (benchmark Sharpe "
             f"{_f(test.get('dsr_benchmark_sharpe'))} annualised); trades.csv lists every "
             "trade.", ""]
+  if summary.get("pictures") is False:  # A population member: drawn on request.
+    return lines
   return lines + [f"![Test equity]({figure_prefix}equity.png)", ""]

@@ -1,7 +1,15 @@
-"""Train several configs (x several seeds) on the same data and tabulate the results.
+"""Train several configs (x several seeds), or a grid of one config's settings, and tabulate.
 
 python -m jaxquant.compare --configs=configs/recipes/focal_pl.py:quick,configs/recipes/dice.py:quick \
     --workdir=runs/compare --seeds=3 [--set=data.synth.signal=0]
+python -m jaxquant.compare --config=configs/gru.py:quick --grid='loss.alpha=["1,4","1,8"]' \
+    --grid='loss.gamma=[0,1,2]' --seeds=2 --workdir=runs/sweep [--ensemble=3] [--nopopulation]
+
+A grid trains every combination × seeds; members that share model shapes and data train
+together as one population in one compiled step (jaxquant/sweep.py). compare.json then lists
+every member and the one `selected` on validation F1 alone (its test figures are the
+result), the Probability of Backtest Overfitting over the members (`pbo`), and with
+--ensemble=K the top-K members averaged and evaluated like one run (DIR/ensemble/).
 
 Writes DIR/compare.json and DIR/compare.md: val/test ROC-AUC, PR-AUC, MCC and
 F1/precision/recall at the validation-chosen threshold, as mean ± std over seeds,
@@ -27,6 +35,14 @@ FLAGS = flags.FLAGS
 flags.DEFINE_list("configs", None, "Comma-separated config files (with :variant).")
 flags.DEFINE_string("workdir", None, "Where each run and the comparison table go.")
 flags.DEFINE_integer("seeds", 1, "Runs per config, with train.seed = 0..seeds-1.")
+flags.DEFINE_string("config", None, "One config file (with :variant) whose --grid settings "
+                    "are swept.")
+flags.DEFINE_multi_string("grid", [], "KEY=JSON_LIST, e.g. loss.gamma=[0,1,2] (repeatable): "
+                          "every combination of the values x --seeds is trained.")
+flags.DEFINE_integer("ensemble", 0, "--grid: also average the probabilities of the top K "
+                     "members by validation F1 and evaluate them as one run.")
+flags.DEFINE_bool("population", True, "--grid: train members that share model shapes and data "
+                  "together in one compiled step (--nopopulation: one run after another).")
 flags.DEFINE_multi_string("set", [], "Override for every config: key=value, e.g. "
                           "data.synth.signal=0 (repeatable).")
 
@@ -145,15 +161,99 @@ def compare(specs, workdir, seeds, overrides=()):
   return table
 
 
+def compare_grid(spec, grid_specs, workdir, seeds, overrides=(), ensemble=0,
+                 use_populations=True):
+  """Trains the grid × seeds (populations where they can be) and writes compare.json/.md,
+  the sweep plots and, with `ensemble`, DIR/ensemble/."""
+  from jaxquant import selection
+  from jaxquant import sweep
+  from jaxquant import sweep_plots
+  base = load_config_file(spec)
+  for o in overrides:
+    apply_override(base, o)
+  config_check.validate(base)
+  grid = sweep.parse_grid(grid_specs)
+  entries = sweep.member_configs(base, grid, seeds)
+  configs = [c for _, c, _ in entries]
+  workdirs = [os.path.join(workdir, name) for name, _, _ in entries]
+  t0 = time.time()
+  summaries, seconds, where = sweep.train_members(configs, workdirs, use_populations)
+  members = [sweep.member_record(n, st, s, wd, sec, g) for (n, _, st), s, wd, sec, g
+             in zip(entries, summaries, workdirs, seconds, where)]
+  table = {}
+  for i, (name, _, settings) in enumerate(entries):
+    point = ", ".join(f"{k}={v}" for k, v in settings.items() if k != "train.seed") or spec
+    table.setdefault(point, []).append(summarize_run(summaries[i], seconds[i]))
+  table = {point: aggregate(rows) for point, rows in table.items()}
+  selected = selection.select_member(members)
+  pbo = sweep.probability_of_overfitting(workdirs, [m["threshold"] for m in members])
+  ens = (sweep.build_ensemble(members, ensemble, configs, os.path.join(workdir, "ensemble"))
+         if ensemble else None)
+  figures = sweep_plots.plot_sweeps(members, workdir) if len(members) > 1 else []
+  result = {"config": spec, "grid": dict(grid), "seeds": seeds, "overrides": list(overrides),
+            "populations": max(where) + 1, "seconds": round(time.time() - t0, 1),
+            "members": members, "selected": selected, "pbo": pbo, "table": table,
+            "ensemble": {k: ens[k] for k in ("ensemble", "threshold", "val", "test")}
+            if ens else None}
+  io_utils.atomic_write_json(os.path.join(workdir, "compare.json"), result)
+  md = grid_markdown(result, seeds, figures)
+  io_utils.atomic_write_text(os.path.join(workdir, "compare.md"), md)
+  print(md, flush=True)
+  return result
+
+
+def grid_markdown(result, seeds, figures):
+  """compare.md of a grid sweep: the table per setting, the selection, PBO, plots."""
+  from jaxquant import selection
+  sel, pbo = result["selected"], result["pbo"]
+  m = result["members"]
+  lines = [f"# Sweep of {result['config']}: {len(m)} members in {result['populations']} "
+           f"compiled population(s) or runs, {result['seconds'] / 60:.1f} min", "",
+           to_markdown(result["table"], seeds), "## Selected on validation F1 alone", "",
+           f"**{m[sel['index']]['name']}** ({sel['reason']}): val F1 {sel['val']['f1']:.3f}; "
+           f"its test figures are the result: ROC-AUC {sel['test']['roc_auc']:.3f}, PR-AUC "
+           f"{sel['test']['pr_auc']:.3f} (prior {sel['test']['prior']:.3f}), F1 "
+           f"{sel['test']['f1']:.3f}, precision {sel['test']['precision']:.3f}; Deflated "
+           f"Sharpe {_fmt(sel['test'].get('dsr'))} with {len(m)} trials.", "",
+           selection.rank_markdown(m), ""]
+  if pbo.get("pbo") is None:
+    lines.append(f"Probability of Backtest Overfitting: not measured ({pbo['reason']}).")
+  else:
+    lines.append(f"Probability of Backtest Overfitting (CSCV, {pbo['n_splits']} blocks, "
+                 f"{pbo['combinations']} combinations; {pbo['performance']}): "
+                 f"**{pbo['pbo']:.2f}** (0.5 is what picking among equals by luck gives).")
+  if result["ensemble"]:
+    e = result["ensemble"]
+    lines += ["", f"Ensemble of the top {e['ensemble']['k']} by validation F1 "
+              f"({', '.join(e['ensemble']['members'])}): test ROC-AUC {e['test']['roc_auc']:.3f}"
+              f", PR-AUC {e['test']['pr_auc']:.3f}, F1 {e['test']['f1']:.3f}; "
+              "ensemble/report.md."]
+  lines += [""] + [f"![{f}]({f})" for f in figures]
+  return "\n".join(lines) + "\n"
+
+
+def _fmt(x):
+  return "—" if x is None or x != x else f"{x:.3f}"
+
+
 def main(argv):
   del argv
-  if not FLAGS.configs or not FLAGS.workdir:
-    cli.fail("--configs=A,B,... and --workdir=DIR are required")
   if FLAGS.seeds < 1:
     cli.fail(f"--seeds={FLAGS.seeds} must be >= 1")
+  if not FLAGS.workdir or not (FLAGS.configs or FLAGS.config):
+    cli.fail("--workdir=DIR and --configs=A,B,... (or --config=A --grid=KEY=[...]) are "
+             "required")
+  if FLAGS.configs and (FLAGS.config or FLAGS.grid):
+    cli.fail("--configs compares whole configs; --config with --grid sweeps one: not both")
+  if FLAGS.ensemble and not FLAGS.config:
+    cli.fail("--ensemble=K needs a sweep: --config=FILE --grid=KEY=[...]")
   from jaxquant import train
   try:
-    compare(FLAGS.configs, FLAGS.workdir, FLAGS.seeds, FLAGS.set)
+    if FLAGS.config:
+      compare_grid(FLAGS.config, FLAGS.grid, FLAGS.workdir, FLAGS.seeds, FLAGS.set,
+                   FLAGS.ensemble, FLAGS.population)
+    else:
+      compare(FLAGS.configs, FLAGS.workdir, FLAGS.seeds, FLAGS.set)
   except train.Preempted:
     return  # The interrupted run saved its checkpoint and said so: re-run to go on.
 

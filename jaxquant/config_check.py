@@ -14,6 +14,7 @@ from jaxquant import trades
 from jaxquant import verdict
 from jaxquant.data import dataset
 from jaxquant.data import features
+from jaxquant.data import folds
 from jaxquant.data import instruments
 from jaxquant.data import labels
 from jaxquant.data import rolls
@@ -111,6 +112,12 @@ def validate(config):
     _require(d.synth.days >= 1, "data.synth.days", d.synth.days, "must be >= 1")
     _require(d.synth.signal >= 0, "data.synth.signal", d.synth.signal, "must be >= 0")
   _require(d.window >= 1, "data.window", d.window, "must be >= 1")
+  try:
+    fold = folds.parse_fold(d.get("fold", ""))
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  _require(not fold or d.source != "samples", "data.fold", d.fold,
+           "cross-validation folds need bars (data.source 'synthetic' or 'shards')")
   try:  # Feature names and parameters (a user function imported), before any data is read.
     features.resolve_features(d.features)
   except ValueError as e:
@@ -125,6 +132,12 @@ def validate(config):
            "data.positives_per_batch", d.positives_per_batch,
            "must be in [1, train.batch_size - 1] for the stratified sampler")
   _require(d.workers >= 0, "data.workers", d.workers, "must be >= 0")
+  _require(d.device_windows in ("auto", "on", "off"), "data.device_windows", d.device_windows,
+           "use 'auto', 'on' or 'off'")
+  # Jitter noise is drawn on the host, per copied window: only the host gather has it.
+  _require(d.device_windows != "on" or not (d.oversample_jitter > 0 and d.sampler == "oversample"),
+           "data.device_windows", d.device_windows, "data.oversample_jitter > 0 adds noise to "
+           "windows on the host: use 'auto' or 'off', or data.oversample_jitter=0")
   _require(d.undersample_ratio > 0, "data.undersample_ratio", d.undersample_ratio, "must be > 0")
   _require(0 < d.oversample_fraction < 1, "data.oversample_fraction", d.oversample_fraction,
            "must be in (0, 1)")
@@ -160,10 +173,13 @@ def validate(config):
   _require(config.eval.collapse_patience >= 1, "eval.collapse_patience",
            config.eval.collapse_patience, "must be >= 1")
   _require(config.eval.bootstrap >= 0, "eval.bootstrap", config.eval.bootstrap, "must be >= 0")
-  _require(t.trainable in ("all", "heads"), "train.trainable", t.trainable,
-           "use 'all' or 'heads'")
+  _require(t.trainable in ("all", "heads", "lora"), "train.trainable", t.trainable,
+           "use 'all', 'heads' or 'lora'")
   _require(t.trainable == "all" or t.init_from, "train.init_from", t.init_from,
-           "train.trainable='heads' fine-tunes a trained model: set train.init_from to its run directory")
+           f"train.trainable={t.trainable!r} fine-tunes a trained model: set train.init_from to its run directory")
+  _require(t.trainable != "lora" or config.model.get("lora_rank", 0) >= 1, "model.lora_rank",
+           config.model.get("lora_rank", 0), "train.trainable='lora' trains LoRA adapters: "
+           f"set model.lora_rank >= 1 (models with adapters: {models.adapted_names()})")
   _require(t.epochs >= 1, "train.epochs", t.epochs, "must be >= 1")
   _require(t.batch_size >= 1, "train.batch_size", t.batch_size, "must be >= 1")
   _require(t.lr > 0, "train.lr", t.lr, "must be > 0")
@@ -182,6 +198,9 @@ def validate(config):
   _require(e.keep_best >= 1, "eval.keep_best", e.keep_best, "must be >= 1")
   _require(e.calibration in ("none", "temperature"), "eval.calibration", e.calibration,
            "use 'none' or 'temperature'")
+  member = (config.get("mesh") or config_defaults.get_config().mesh).get("member", 1)
+  _require(member == int(member) and (member >= 1 or member == -1), "mesh.member", member,
+           "must be a device count >= 1, or -1 (all remaining devices)")
   _check_backtest(config)
 
 

@@ -37,11 +37,13 @@ def get_config(arg=None):
   c.data.val_fraction = 0.15  # Chronological share of bars for validation...
   c.data.test_fraction = 0.15  # ...and for test (the rest, first in time, trains).
   c.data.embargo = 0  # Extra bars dropped between splits beyond the T + h gap.
+  c.data.fold = ""  # One walk-forward / CPCV fold (JSON groups/test/train; jaxquant.walkforward sets it); "" = the val/test fractions.
   c.data.normalization = "pooled"  # "pooled" (one set of feature statistics) or "per_instrument" (each on its own training bars).
   c.data.roll = ml_collections.ConfigDict()  # Contract months of one product (ingest's manifest "products") → one series:
   c.data.roll.by = "open_interest"  # Daily roll rule compares "open_interest" (the day's last) or "volume" (the day's sum).
   c.data.roll.adjust = "ratio"  # Back-adjustment: "ratio", "difference" (keeps the tick grid) or "none" (windows crossing a roll dropped).
   c.data.workers = 0  # grain worker processes gathering training batches (0 = 2 threads).
+  c.data.device_windows = "auto"  # Feature matrix on the device(s), windows gathered in the step from indices: "auto" (when it fits and no jitter), "on" (required) or "off" (host gather).
   # Batch composition of the TRAINING split (val/test always keep the true ratio):
   c.data.sampler = "shuffle"  # "shuffle", "stratified", "undersample" or "oversample".
   c.data.positives_per_batch = 2  # sampler="stratified": exact positives per batch (2 of 16 in the original).
@@ -81,7 +83,7 @@ def get_config(arg=None):
   c.train.mixup_prob = 0.0  # Share of batches mixed up (0 = off).
   c.train.max_bad_steps = 20  # Consecutive non-finite steps (skipped) before the run stops.
   c.train.init_from = ""  # Run directory whose best checkpoint initialises the parameters.
-  c.train.trainable = "all"  # "all", or "heads" to freeze everything but the output heads (PEFT).
+  c.train.trainable = "all"  # "all"; "heads" freezes all but the output heads (PEFT); "lora" trains only LoRA adapters (model.lora_rank) and heads.
 
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 1024  # Any size gives the same numbers (padded, masked).
@@ -105,7 +107,12 @@ def get_config(arg=None):
   c.backtest.commission_kind = "per_turnover"  # "per_contract" or "per_turnover" (× entry or exit price × multiplier).
   c.backtest.slippage_ticks = 1.0  # Ticks lost per side (× tick_size × multiplier).
 
+  c.walkforward = ml_collections.ConfigDict()  # python -m jaxquant.walkforward (docs/walkforward.md):
+  c.walkforward.warm_start = "none"  # Each fold from the previous fold's best: "none", "full", "heads" (PEFT) or "lora" (adapters).
+  c.walkforward.train_groups = 1  # --scheme=rolling: test periods' worth of bars that train before each test period.
+
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # Devices on the data axis (-1 = all remaining).
   c.mesh.expert = 1  # Devices on the MoE expert axis.
+  c.mesh.member = 1  # Devices a population's members are split over (-1 = all remaining; must divide the member count).
   return c

@@ -16,7 +16,6 @@ import ml_collections
 import numpy as np
 
 from jaxquant import backtest
-from jaxquant import backtest_report
 from jaxquant import bootstrap
 from jaxquant import checkpoints as checkpoints_lib
 from jaxquant import config_defaults
@@ -186,7 +185,6 @@ def evaluate(workdir, config=None, step=None, stop_reason=None, train_seconds=No
   out_dir = out_dir or workdir
   _check_writable(out_dir, "--out_dir=DIR")  # Before the restore: fail in seconds.
   steps, state, meta, step, all_collapsed = restore(workdir, config, step)
-  threshold = meta["threshold"]
   eval_bs = steps_lib.eval_batch_size(config, steps.mesh)
   data_dir = dataset_lib.ensure_data(config.data)
   ds = dataset_lib.build_dataset(config.data, data_dir, normalizer=meta["normalizer"])
@@ -198,12 +196,25 @@ def evaluate(workdir, config=None, step=None, stop_reason=None, train_seconds=No
     other = dataset_lib.build_inference_set(config.data, config.eval.data_dir,
                                             meta["normalizer"], labelled_only=True)
     sets["test"] = (other, "all")
+  preds = {n: steps.predict_split(state, d, sp, eval_bs) for n, (d, sp) in sets.items()}
+  return report_predictions(config, workdir, out_dir, data_dir, ds, sets, preds, meta, step,
+                            all_collapsed, stop_reason, train_seconds)
+
+
+def report_predictions(config, workdir, out_dir, data_dir, ds, sets, preds, meta, step,
+                       all_collapsed, stop_reason, train_seconds, extra=None, pictures=True):
+  """report.json, report.md, the pictures and the backtest of one checkpoint's predictions
+  `preds` ({"val"|"test": (probs [n, K], returns [n])} on `sets`): `evaluate`'s second half,
+  which a population (jaxquant/population_train.py) calls per member after one batched
+  prediction of all members; `extra` joins the summary (an ensemble's members). Without
+  `pictures` (a sweep's members: matplotlib would take most of a sweep's time) no PNG is
+  drawn; `--mode=eval` on the workdir draws them."""
+  threshold = meta["threshold"]
   block = config.data.window + config.data.horizon  # Windows this far apart don't overlap.
   scale = _return_scale(config, meta)
 
   lead = jax.process_index() == 0
   results, arrays, returns = {}, {}, None
-  preds = {n: steps.predict_split(state, d, sp, eval_bs) for n, (d, sp) in sets.items()}
   trading_bt = backtest.Backtests(config, sets, {n: p for n, (p, _) in preds.items()}, data_dir)
   threshold, objective = trading_bt.choose_threshold(threshold)  # eval.threshold_objective
   for name, (d, split) in sets.items():
@@ -235,14 +246,34 @@ def evaluate(workdir, config=None, step=None, stop_reason=None, train_seconds=No
   if config.eval.data_dir:
     summary["test_data"] = sets["test"][0].summary()
     prefix = os.path.basename(os.path.normpath(config.eval.data_dir)) + "-"
+  summary.update(extra or {})
+  if not pictures:
+    summary["pictures"] = False
   if lead:
-    _pictures(out_dir, arrays, results, threshold, returns, prefix)
-    trading_bt.write(out_dir, prefix)  # trades.csv, equity.png
+    if pictures:
+      _pictures(out_dir, arrays, results, threshold, returns, prefix)
+    trading_bt.write(out_dir, prefix, equity=pictures)  # trades.csv, equity.png
+    for name, (d, split) in sets.items():  # val_/test_predictions.npz (walk-forward, sweeps)
+      _save_predictions(os.path.join(out_dir, f"{prefix}{name}_predictions.npz"), d, split,
+                        preds[name][0], threshold)
     name = f"report-{prefix[:-1]}" if prefix else "report"
     io_utils.atomic_write_json(os.path.join(out_dir, name + ".json"), summary)
     md = report_md.write_report_md(summary, out_dir, name=name + ".md", figure_prefix=prefix)
-    print(console_summary(summary, md), flush=True)
+    print(report_md.console_summary(summary, md), flush=True)
   return summary
+
+
+def _save_predictions(path, d, split, probs, threshold):
+  """A split's windows with their scores (walk-forward and sweeps pool them), before
+  report.json: so a report.json means they are there."""
+  s = d.splits[split]
+  labels, scores = verdict.signal_view(s.labels, probs)
+  buf = io.BytesIO()
+  np.savez_compressed(buf, instrument=np.asarray(d.instruments)[s.instrument],
+                      timestamp=s.timestamps, probability=scores, label=labels,
+                      forward_return=s.fwd_returns, threshold=threshold,
+                      probabilities=np.asarray(probs), classes=s.labels)
+  io_utils.atomic_write_bytes(path, buf.getvalue())
 
 
 def _check_writable(out_dir, flag):
@@ -387,46 +418,3 @@ def predict(workdir, config=None, step=None, data_dir=None, out=None):
     print(f"Wrote {len(s):,} predictions (threshold {threshold:.4f}, checkpoint step {step}) "
           f"to {out} and {os.path.splitext(out)[0]}.csv", flush=True)
   return arrays
-
-
-def console_summary(summary, report_path=None):
-  """A readable summary of report.json (report_path: its report.md)."""
-  lines = [f"== {summary['config_name']}: checkpoint of epoch {summary['best_epoch']} "
-           f"(step {summary['best_step']}), threshold {summary['threshold']:.4f} chosen on val"]
-  if summary["all_checkpoints_collapsed"]:
-    lines.append("!! Every epoch's model collapsed to one class: there is no usable model. "
-                 "The numbers below are the least-bad checkpoint's.")
-  if summary.get("stop_reason"):
-    lines.append(f"   stopped: {summary['stop_reason']}")
-  for name, s in summary["data"]["splits"].items():
-    lines.append(f"   {name:5s} {s['windows']:7,d} windows, {s['positive_rate']:.2%} positive, "
-                 f"{s['start']} .. {s['end']}")
-  if summary.get("eval_data_dir"):
-    lines.append(f"   test = every window of {summary['eval_data_dir']}")
-  lines.append(f"   {'split':5s} {'ROC-AUC':>8s} {'95% CI':>13s} {'PR-AUC':>7s} {'prior':>6s} "
-               f"{'F1':>6s} {'F1 all+':>7s} {'prec':>6s} {'recall':>6s} {'acc':>6s} {'acc base':>8s}")
-  for split in ("val", "test"):
-    r = summary[split]
-    ci = r.get("bootstrap", {}).get("roc_auc")
-    ci = f"[{ci['lo']:.3f}, {ci['hi']:.3f}]" if ci else ""
-    lines.append(f"   {split:5s} {r['roc_auc']:8.3f} {ci:>13s} {r['pr_auc']:7.3f} {r['prior']:6.3f} "
-                 f"{r['f1']:6.3f} {r['f1_baseline']:7.3f} {r['precision']:6.3f} "
-                 f"{r['recall']:6.3f} {r['accuracy']:6.3f} {r['accuracy_baseline']:8.3f}")
-    if r["collapsed"]:
-      lines.append(f"   !! {split}: collapsed — {r['collapse_reason']}")
-  (tn, fp), (fn, tp) = summary["test"]["confusion"]
-  lines.append(f"   test confusion: TN {tn}  FP {fp}  FN {fn}  TP {tp}")
-  head = summary["test"].get("return_head")
-  if head:
-    lines.append("   test return head: " + ", ".join(
-        f"{label} {head[k]['estimate']:+.3f} [{head[k]['lo']:+.3f}, {head[k]['hi']:+.3f}]"
-        for k, label in (("ic", "IC"), ("rank_ic", "rank IC"))))
-  a = summary["test"]["at_threshold"]
-  if a["signals"]:
-    lines.append(f"   test signals: {a['signals']:,} ({a['signal_share']:.1%} of windows), win rate "
-                 f"{a['precision']:.1%}, mean forward return {a['mean_return']:+.4%}, "
-                 f"profit/loss ratio {a['profit_loss_ratio']:.2f}")
-  lines += [backtest_report.console_line(f"{s} backtest", summary[s]["backtest"])
-            for s in ("val", "test") if "backtest" in summary[s]]
-  lines.append(f"   report: {report_path or os.path.join(summary['workdir'], 'report.md')}")
-  return "\n".join(lines)

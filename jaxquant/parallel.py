@@ -2,6 +2,8 @@
 
 The batch is split over the "data" axis; parameters and optimizer state are
 replicated, except stacked MoE expert weights, split over the "expert" axis.
+With mesh.member > 1 a leading "member" axis splits a population's members
+(jaxquant/population.py); with mesh.member = 1 the mesh is (data, expert) alone.
 With jit + NamedShardings, XLA inserts the collectives, so BatchNorm batch
 statistics and gradients are computed over the global batch on any device count.
 """
@@ -13,23 +15,39 @@ import numpy as np
 
 from jaxquant.models import moe
 
-DATA, EXPERT = "data", "expert"
+DATA, EXPERT, MEMBER = "data", "expert", "member"
 
 
-def make_mesh(mesh_config):
-  """A (data, expert) mesh over all devices; -1 on an axis takes the remaining devices."""
-  n = jax.device_count()
+def make_mesh(mesh_config, devices=None):
+  """A (data, expert) mesh over all devices; -1 on an axis takes the remaining devices.
+
+  Args:
+    mesh_config: config.mesh. With mesh.member > 1 (or -1: the devices mesh.data and
+      mesh.expert leave, mesh.data=-1 counting as 1) the mesh is (member, data, expert),
+      the member axis outermost; configs saved before mesh.member read as 1.
+    devices: the devices to lay out (default all of them).
+
+  Returns:
+    The jax.sharding.Mesh.
+  """
+  devices = jax.devices() if devices is None else list(devices)
+  n = len(devices)
   data, expert = int(mesh_config.data), int(mesh_config.expert)
+  member = int(mesh_config.get("member", 1))
   if data == -1 and expert == -1:
     raise ValueError("config.mesh: only one of mesh.data / mesh.expert may be -1")
+  if member == -1:
+    member = n // (max(data, 1) * max(expert, 1))
   if data == -1:
-    data = n // max(expert, 1)
+    data = n // (max(member, 1) * max(expert, 1))
   if expert == -1:
-    expert = n // max(data, 1)
-  if data * expert != n or data < 1 or expert < 1:
-    raise ValueError(f"config.mesh: data={mesh_config.data} x expert={mesh_config.expert} "
-                     f"does not cover the {n} devices")
-  return _mesh(data, expert)
+    expert = n // (max(member, 1) * max(data, 1))
+  if member * data * expert != n or min(member, data, expert) < 1:
+    shown = f"data={mesh_config.data} x expert={mesh_config.expert}"
+    if int(mesh_config.get("member", 1)) != 1:
+      shown = f"member={mesh_config.member} x {shown}"
+    raise ValueError(f"config.mesh: {shown} does not cover the {n} devices")
+  return _mesh(data, expert, member, devices)
 
 
 def restore_mesh(mesh_config):
@@ -44,14 +62,22 @@ def restore_mesh(mesh_config):
     return _mesh(n // expert, expert)
 
 
-def _mesh(data, expert):
-  return jax.make_mesh((data, expert), (DATA, EXPERT),
-                       axis_types=(jax.sharding.AxisType.Auto,) * 2)
+def _mesh(data, expert, member=1, devices=None):
+  shape, names = ((data, expert), (DATA, EXPERT)) if member == 1 else (
+      (member, data, expert), (MEMBER, DATA, EXPERT))
+  return jax.make_mesh(shape, names, axis_types=(jax.sharding.AxisType.Auto,) * len(shape),
+                       devices=devices)
+
+
+def member_devices(mesh):
+  """Devices on the mesh's member axis (1 where it has none)."""
+  return dict(mesh.shape).get(MEMBER, 1)
 
 
 def batch_sharding(mesh):
-  """Leading (batch) axis split over every device of the mesh."""
-  return NamedSharding(mesh, P((DATA, EXPERT)))
+  """Leading (batch) axis split over every device of the mesh (a single run on a mesh
+  with a member axis uses its devices for data too)."""
+  return NamedSharding(mesh, P(tuple(mesh.axis_names)))
 
 
 def replicated(mesh):

@@ -260,6 +260,53 @@ def write_report_md(summary, workdir, name="report.md", figure_prefix=""):
     lines += _md_sweep(val_sweep, "### Validation threshold sweep")
     lines += ["</details>", ""]
   lines += _md_figures(workdir, figure_prefix)
+  if summary.get("pictures") is False:
+    lines += ["Pictures were not drawn for this sweep member (its curves are in "
+              "metrics.jsonl): `python -m jaxquant.main --mode=eval "
+              f"--workdir={summary['workdir']}` draws the evaluation's.", ""]
   path = os.path.join(workdir, name)
   io_utils.atomic_write_text(path, "\n".join(lines).rstrip() + "\n")
   return path
+
+
+def console_summary(summary, report_path=None):
+  """A readable summary of report.json (report_path: its report.md)."""
+  lines = [f"== {summary['config_name']}: checkpoint of epoch {summary['best_epoch']} "
+           f"(step {summary['best_step']}), threshold {summary['threshold']:.4f} chosen on val"]
+  if summary["all_checkpoints_collapsed"]:
+    lines.append("!! Every epoch's model collapsed to one class: there is no usable model. "
+                 "The numbers below are the least-bad checkpoint's.")
+  if summary.get("stop_reason"):
+    lines.append(f"   stopped: {summary['stop_reason']}")
+  for name, s in summary["data"]["splits"].items():
+    lines.append(f"   {name:5s} {s['windows']:7,d} windows, {s['positive_rate']:.2%} positive, "
+                 f"{s['start']} .. {s['end']}")
+  if summary.get("eval_data_dir"):
+    lines.append(f"   test = every window of {summary['eval_data_dir']}")
+  lines.append(f"   {'split':5s} {'ROC-AUC':>8s} {'95% CI':>13s} {'PR-AUC':>7s} {'prior':>6s} "
+               f"{'F1':>6s} {'F1 all+':>7s} {'prec':>6s} {'recall':>6s} {'acc':>6s} {'acc base':>8s}")
+  for split in ("val", "test"):
+    r = summary[split]
+    ci = r.get("bootstrap", {}).get("roc_auc")
+    ci = f"[{ci['lo']:.3f}, {ci['hi']:.3f}]" if ci else ""
+    lines.append(f"   {split:5s} {r['roc_auc']:8.3f} {ci:>13s} {r['pr_auc']:7.3f} {r['prior']:6.3f} "
+                 f"{r['f1']:6.3f} {r['f1_baseline']:7.3f} {r['precision']:6.3f} "
+                 f"{r['recall']:6.3f} {r['accuracy']:6.3f} {r['accuracy_baseline']:8.3f}")
+    if r["collapsed"]:
+      lines.append(f"   !! {split}: collapsed — {r['collapse_reason']}")
+  (tn, fp), (fn, tp) = summary["test"]["confusion"]
+  lines.append(f"   test confusion: TN {tn}  FP {fp}  FN {fn}  TP {tp}")
+  head = summary["test"].get("return_head")
+  if head:
+    lines.append("   test return head: " + ", ".join(
+        f"{label} {head[k]['estimate']:+.3f} [{head[k]['lo']:+.3f}, {head[k]['hi']:+.3f}]"
+        for k, label in (("ic", "IC"), ("rank_ic", "rank IC"))))
+  a = summary["test"]["at_threshold"]
+  if a["signals"]:
+    lines.append(f"   test signals: {a['signals']:,} ({a['signal_share']:.1%} of windows), win rate "
+                 f"{a['precision']:.1%}, mean forward return {a['mean_return']:+.4%}, "
+                 f"profit/loss ratio {a['profit_loss_ratio']:.2f}")
+  lines += [backtest_report.console_line(f"{s} backtest", summary[s]["backtest"])
+            for s in ("val", "test") if "backtest" in summary[s]]
+  lines.append(f"   report: {report_path or os.path.join(summary['workdir'], 'report.md')}")
+  return "\n".join(lines)

@@ -13,8 +13,10 @@ import jax
 import numpy as np
 
 from jaxquant import checkpoints as checkpoints_lib
+from jaxquant import config_defaults
 from jaxquant import io_utils
 from jaxquant.data import shards as shards_lib
+from jaxquant.models import lora
 from jaxquant.models import param_count
 
 
@@ -62,11 +64,45 @@ class Preemption:
       signal.signal(sig, old)
 
 
+# Settings that change how fast a run goes, never its numbers (tests/test_device_windows.py).
+RESULT_NEUTRAL = ("device_windows", "workers")
+
+
+def same_run(saved, current):
+  """Whether a checkpoint's fingerprint is this run's: equal, or differing only in settings
+  that did not exist when it was saved and that take their default now (a run saved before
+  data.fold or model.lora_rank existed resumes; one that set another value is refused)."""
+  if saved == current:
+    return True
+  defaults = {f"config.{k}": v for k, v in _flat(json.loads(
+      config_defaults.get_config().to_json_best_effort())).items()}
+  a, b = _flat(saved or {}), _flat(current)
+  for k in set(a) | set(b):
+    if a.get(k, None) == b.get(k, None):
+      continue
+    new_default = k not in a and (b[k] == defaults.get(k) if k in defaults else
+                                  k.startswith("config.model.") and b[k] in (0, "", False))
+    if not new_default:
+      return False
+  return True
+
+
+def _flat(tree, prefix=""):
+  if isinstance(tree, dict):
+    out = {}
+    for k, v in tree.items():
+      out.update(_flat(v, f"{prefix}{k}."))
+    return out
+  return {prefix[:-1]: tree}
+
+
 def run_fingerprint(config, ds, data_dir):
   """What must not change between a run and its resumption: the config (but the
   number of epochs) and the data pipeline (shards, split sizes)."""
   c = json.loads(config.to_json_best_effort())
   c["train"].pop("epochs", None)  # Training longer is a legitimate resume.
+  for key in RESULT_NEUTRAL:  # How the batches get to the step, not what they hold.
+    c["data"].pop(key, None)
   # (Bar shards and samples.parquet alike.)
   shards = sorted((f, os.path.getsize(os.path.join(data_dir, f))) for f in os.listdir(data_dir)
                   if f.endswith(shards_lib.SHARD_SUFFIX))
@@ -78,14 +114,7 @@ def run_fingerprint(config, ds, data_dir):
 
 def fingerprint_diff(saved, current, limit=5):
   """The keys where two fingerprints differ, as 'key: saved -> current' strings."""
-  def flat(tree, prefix=""):
-    if isinstance(tree, dict):
-      out = {}
-      for k, v in tree.items():
-        out.update(flat(v, f"{prefix}{k}."))
-      return out
-    return {prefix[:-1]: tree}
-  a, b = flat(saved or {}), flat(current)
+  a, b = _flat(saved or {}), _flat(current)
   name = lambda k: k[len("config."):] if k.startswith("config.") else k
   diffs = [f"{name(k)}: {a.get(k, '(absent)')!r} -> {b.get(k, '(absent)')!r}"
            for k in sorted(set(a) | set(b)) if a.get(k, None) != b.get(k, None)]
@@ -119,7 +148,7 @@ def resume(store, state, fingerprint, workdir, force=False, log=print):
   latest = store.latest_step()
   if latest is not None:
     meta = store.restore_meta(latest)
-    if meta.get("fingerprint") != fingerprint:
+    if not same_run(meta.get("fingerprint"), fingerprint):
       diff = "; ".join(fingerprint_diff(meta.get("fingerprint"), fingerprint))
       if not force:
         raise ValueError(f"workdir {workdir} holds checkpoints of a different config or data "
@@ -168,7 +197,9 @@ def stop_reason(progress, config, last_record):
 def init_from_run(state, tx, run_dir, log=print):
   """Starts from the parameters of another run's best checkpoint (fine-tuning / PEFT).
 
-  The architecture must match; the optimizer state starts fresh.
+  The architecture must match; the optimizer state starts fresh. LoRA adapters the
+  checkpoint lacks (a plain model's run into model.lora_rank > 0) keep their initial
+  values (B = 0: the adapted model starts as the checkpoint's model).
   """
   store = checkpoints_lib.CheckpointStore(os.path.join(run_dir, "checkpoints"))
   step = store.best_step()
@@ -181,8 +212,12 @@ def init_from_run(state, tx, run_dir, log=print):
   try:
     try:
       restored = store.restore_partial(step, checkpoints_lib.abstract_like(source))
-      # A name absent from the checkpoint comes back as its placeholder, not an error.
-      fits = not any(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in jax.tree.leaves(restored))
+      # A name absent from the checkpoint comes back as its placeholder, not an error;
+      # absent adapters start from `state`'s.
+      restored = jax.tree_util.tree_map_with_path(
+          lambda path, got, init: init if _absent(got) and lora.is_adapter(path) else got,
+          restored, source)
+      fits = not any(_absent(leaf) for leaf in jax.tree.leaves(restored))
     except checkpoints_lib.CorruptCheckpoint:
       raise
     except Exception as e:  # Orbax reports a shape/structure mismatch in many ways.
@@ -192,12 +227,29 @@ def init_from_run(state, tx, run_dir, log=print):
                        f"does not fit this model: it was trained as "
                        f"{checkpoints_lib.trained_model(store.restore_meta(step))}, this model "
                        f"has {param_count.count_parameters(state.params):,} parameters") from cause
+    # Restoring by name would drop trained adapters silently: the model would change.
+    saved_rank = _saved_model(store.restore_meta(step)).get("lora_rank", 0)
+    if saved_rank and not lora.has_adapters(state.params):
+      raise ValueError(f"config.train.init_from={run_dir!r}: its checkpoint (step {step}) "
+                       f"holds LoRA adapters (model.lora_rank={saved_rank}) that this model "
+                       f"lacks: set config.model.lora_rank={saved_rank}, or merge them "
+                       "(models/lora.merge)")
   finally:
     store.close()
   log(f"Initialised from {run_dir} (step {step})")
   return state.replace(params=restored["params"],
                        batch_stats=restored.get("batch_stats", state.batch_stats),
                        opt_state=tx.init(restored["params"]))
+
+
+def _absent(leaf):
+  """A restore placeholder: the checkpoint has no entry of that name."""
+  return isinstance(leaf, jax.ShapeDtypeStruct)
+
+
+def _saved_model(meta):
+  """The model section of a checkpoint's config ({} when unknown)."""
+  return ((meta.get("fingerprint") or {}).get("config") or {}).get("model") or {}
 
 
 def read_history(workdir):

@@ -14,6 +14,7 @@ import optax
 
 from jaxquant import models
 from jaxquant import optim
+from jaxquant.models import lora
 from jaxquant.models import param_count
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -62,7 +63,8 @@ def trainable_partition(train_config):
   """The `trainable` argument of make_optimizer for `train.trainable`.
 
   "all" trains every parameter (None); "heads" (PEFT) trains only the output heads
-  (the top-level "head" module every model has) and freezes the rest.
+  (the top-level "head" module every model has) and freezes the rest; "lora" trains
+  the LoRA adapters (models/lora.py, config.model.lora_rank > 0) and the heads.
   """
   if train_config.trainable == "all":
     return None
@@ -70,15 +72,26 @@ def trainable_partition(train_config):
     def heads_only(params):
       return {k: jax.tree.map(lambda _, k=k: k == "head", v) for k, v in params.items()}
     return heads_only
-  raise ValueError(f"config.train.trainable={train_config.trainable!r}: use 'all' or 'heads'")
+  if train_config.trainable == "lora":
+    def adapters_and_heads(params):
+      if not lora.has_adapters(params):
+        raise ValueError("config.train.trainable='lora' trains LoRA adapters, but this model "
+                         "has none: set config.model.lora_rank >= 1 (models with adapters: "
+                         f"{models.adapted_names()})")
+      return jax.tree_util.tree_map_with_path(
+          lambda path, _: path[0].key == "head" or lora.is_adapter(path), params)
+    return adapters_and_heads
+  raise ValueError(f"config.train.trainable={train_config.trainable!r}: "
+                   "use 'all', 'heads' or 'lora'")
 
 
 def decay_mask(params):
   """Weight decay on matrices/kernels only, chosen by parameter name, not by ndim
-  (stacked per-expert biases are 2-D but must not decay)."""
+  (stacked per-expert biases are 2-D but must not decay); LoRA's A and B are matrices
+  too (decaying B pulls the adapted model towards its base)."""
   def wants_decay(path, _):
     name = str(getattr(path[-1], "key", path[-1]))
-    return name in ("kernel", "embedding") or name.startswith("w_")
+    return name in ("kernel", "embedding") or name.startswith("w_") or name in lora.ADAPTER_NAMES
   return jax.tree_util.tree_map_with_path(wants_decay, params)
 
 

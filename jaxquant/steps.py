@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxquant import device_windows
 from jaxquant import host_memory
 from jaxquant import losses
 from jaxquant import mixup as mixup_lib
@@ -93,7 +94,7 @@ def make_predict_step(model):
 class ShardedSteps:
   """The jitted steps of one model on one mesh, with the host-side batch plumbing."""
 
-  def __init__(self, model, mesh, state, train_step=None):
+  def __init__(self, model, mesh, state, train_step=None, windows=None):
     # Freed memory stays in the process from the first step on (host_memory), not while the
     # data loads: its temporaries would stay resident too.
     host_memory.keep_freed_memory()
@@ -101,11 +102,25 @@ class ShardedSteps:
     self.batch_sharding = parallel.batch_sharding(mesh)
     self.state_sharding = parallel.state_shardings(state, mesh)
     repl = parallel.replicated(mesh)
-    if train_step is not None:
+    # windows (device_windows.DeviceWindows): training batches carry window ends, the
+    # step gathers them from the placed matrix (its last argument, bound here).
+    self.windows = windows
+    if train_step is not None and windows is not None:
+      gather = jax.jit(device_windows.gather_step(train_step, windows.window), donate_argnums=0,
+                       in_shardings=(self.state_sharding, self.batch_sharding, repl, repl),
+                       out_shardings=(self.state_sharding, repl),
+                       compiler_options=xla_options.step_options())
+      self.train_step = lambda state, batch, rng: gather(state, batch, rng, windows.features)
+    elif train_step is not None:
       self.train_step = jax.jit(train_step, donate_argnums=0,
                                 in_shardings=(self.state_sharding, self.batch_sharding, repl),
                                 out_shardings=(self.state_sharding, repl),
                                 compiler_options=xla_options.step_options())
+    if windows is not None:
+      self._predict_ends = jax.jit(
+          device_windows.gather_predict(make_predict_step(model), windows.window),
+          in_shardings=(self.state_sharding, self.batch_sharding, repl),
+          out_shardings=(repl, repl), compiler_options=xla_options.step_options())
     self._predict = jax.jit(make_predict_step(model),
                             in_shardings=(self.state_sharding, self.batch_sharding),
                             out_shardings=(repl, repl),
@@ -124,8 +139,12 @@ class ShardedSteps:
     """
     rows = parallel.process_slice(batch_size)
     probs, rets = [], []
-    for batch in loader.eval_batches(dataset, split, batch_size, rows):
-      p, r = self._predict(state, self.put_batch(batch["x"]))
+    # Window ends where this dataset's matrix is the placed one (other data: host gather).
+    ends = (self.windows is not None
+            and device_windows.host_matrix(dataset)[0] is self.windows.host)
+    for batch in loader.eval_batches(dataset, split, batch_size, rows, ends=ends):
+      p, r = (self._predict_ends(state, self.put_batch(batch["ends"]), self.windows.features)
+              if ends else self._predict(state, self.put_batch(batch["x"])))
       probs.append(np.asarray(p))
       rets.append(np.asarray(r))
     n = len(dataset.splits[split])
@@ -159,11 +178,12 @@ class RunSetup(NamedTuple):
   steps: ShardedSteps  # With the jitted train step.
 
 
-def setup_run(config, ds, mesh, steps_per_epoch):
+def setup_run(config, ds, mesh, steps_per_epoch, windows=None):
   """The model, optimizer, loss, initial state and jitted steps of a run on `ds`.
 
   `train.train_and_evaluate` trains with these, and benchmarks/epoch_time.py times the
-  same step, so a benchmarked step is the one a run takes.
+  same step, so a benchmarked step is the one a run takes. With `windows`
+  (device_windows.for_run's), the train step takes window ends (loader.train_ends).
   """
   model = state_lib.make_model(config, ds.num_classes)
   trainable = state_lib.trainable_partition(config.train)
@@ -178,5 +198,5 @@ def setup_run(config, ds, mesh, steps_per_epoch):
   # The shardings come from the state's structure, which init_from keeps.
   steps = ShardedSteps(model, mesh, state, make_train_step(
       model, tx, loss_fn, schedule, config, ds.num_classes,
-      config.train.epochs * steps_per_epoch, return_scale))
+      config.train.epochs * steps_per_epoch, return_scale), windows=windows)
   return RunSetup(trainable, tx, alpha, loss_fn, return_scale, state, steps)

@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from jaxquant import checkpoints as checkpoints_lib
 from jaxquant import cli
+from jaxquant import device_windows
 from jaxquant import evaluate
 from jaxquant import io_utils
 from jaxquant import parallel
@@ -80,7 +81,8 @@ def _prepare(config, workdir, force, log, lead, lock):
   log(parallel.describe_mesh(mesh))
   steps_per_epoch = loader.train_plan(ds, config.data, config.train.batch_size,
                                       config.train.seed, 0, shards=mesh.size).shape[0]
-  setup = steps_lib.setup_run(config, ds, mesh, steps_per_epoch)
+  setup = steps_lib.setup_run(config, ds, mesh, steps_per_epoch,
+                              windows=device_windows.for_run(config.data, ds, mesh, log))
   state = setup.state
   if config.train.init_from:
     state = resume_lib.init_from_run(state, setup.tx, config.train.init_from, log)
@@ -113,10 +115,13 @@ def train_epoch(run, state, epoch, progress, rng, preemption):
   """
   config, steps = run.config, run.setup.steps
   partial, step_metrics = progress.get("partial"), []
-  batches = loader.train_batches(run.ds, run.plan(epoch),
-                                 rows=parallel.process_slice(config.train.batch_size),
-                                 skip=progress["batch"], jitter=config.data.oversample_jitter,
-                                 seed=config.train.seed, epoch=epoch, workers=config.data.workers)
+  rows = parallel.process_slice(config.train.batch_size)
+  if steps.windows is not None:  # The step gathers the windows on the device.
+    batches = loader.train_ends(run.ds, run.plan(epoch), rows=rows, skip=progress["batch"])
+  else:
+    batches = loader.train_batches(run.ds, run.plan(epoch), rows=rows, skip=progress["batch"],
+                                   jitter=config.data.oversample_jitter, seed=config.train.seed,
+                                   epoch=epoch, workers=config.data.workers)
   bar = tqdm(batches, total=run.steps_per_epoch - progress["batch"], leave=False,
              mininterval=1.0, desc=f"epoch {epoch + 1}/{config.train.epochs}",
              disable=None if run.lead else True)
@@ -127,14 +132,14 @@ def train_epoch(run, state, epoch, progress, rng, preemption):
     if i % 32 == 0 or i == run.steps_per_epoch:  # Look at non-finite steps now and then.
       recent = jax.device_get([s["skipped"] for s in step_metrics[checked:]])
       checked = len(step_metrics)
-      bad_streak = _streak(bad_streak, recent)
+      bad_streak = nonfinite_streak(bad_streak, recent)
       if bad_streak >= config.train.max_bad_steps:
         return state, None, (
             f"{bad_streak} consecutive steps with a non-finite loss or gradient (last at step "
             f"{int(state.step)}); updates were skipped, the last good checkpoint is kept")
     if preemption.agreed(i, every=1 if i == run.steps_per_epoch else 8):
       progress.update(epoch=epoch, batch=i, partial={
-          k: v.tolist() for k, v in _stack_host(partial, step_metrics).items()})
+          k: v.tolist() for k, v in stack_host(partial, step_metrics).items()})
       run.store.save(int(state.step), state, {
           "progress": progress, "fingerprint": run.fingerprint,
           "preempted": preemption.requested}, checkpoints_lib.PREEMPTED_SCORE)
@@ -142,7 +147,28 @@ def train_epoch(run, state, epoch, progress, rng, preemption):
       run.log(f"{preemption.requested}: saved a checkpoint at epoch {epoch + 1}, batch {i} "
               f"(step {int(state.step)}); re-run the same command to resume.")
       raise Preempted(preemption.requested)
-  return state, _stack_host(partial, step_metrics), None
+  return state, stack_host(partial, step_metrics), None
+
+
+def judge_epoch(config, val, probs, progress):
+  """An epoch's validation verdict at its best-F1 threshold, the checkpoint score (a
+  collapsed model never scores) and whether it improved; counts the epochs without
+  improvement and the collapsed ones in `progress` (the early-stopping state).
+
+  Returns:
+    (verdict, score, improved).
+  """
+  min_rate = config.eval.min_positive_rate
+  val_verdict = verdict.split_verdict(val.labels, probs,
+                                      verdict.choose_threshold(val.labels, probs, min_rate),
+                                      min_rate, config.eval.max_positive_rate)
+  score = checkpoints_lib.COLLAPSED_SCORE if val_verdict["collapsed"] else val_verdict["f1"]
+  improved = score > progress["best_score"]
+  progress["best_score"] = max(progress["best_score"], score)
+  progress["bad_epochs"] = 0 if improved else progress["bad_epochs"] + 1
+  progress["collapsed_epochs"] = (progress["collapsed_epochs"] + 1 if val_verdict["collapsed"]
+                                  else 0)
+  return val_verdict, score, improved
 
 
 def validate_epoch(run, state, epoch, t0, train_m, progress):
@@ -155,18 +181,9 @@ def validate_epoch(run, state, epoch, t0, train_m, progress):
   val = ds.splits["val"]
   probs, _ = run.setup.steps.predict_split(state, ds, "val",
                                            steps_lib.eval_batch_size(config, run.mesh))
-  min_rate = config.eval.min_positive_rate
-  val_verdict = verdict.split_verdict(val.labels, probs,
-                                      verdict.choose_threshold(val.labels, probs, min_rate),
-                                      min_rate, config.eval.max_positive_rate)
-  score = checkpoints_lib.COLLAPSED_SCORE if val_verdict["collapsed"] else val_verdict["f1"]
-  improved = score > progress["best_score"]
-  progress["best_score"] = max(progress["best_score"], score)
-  progress["bad_epochs"] = 0 if improved else progress["bad_epochs"] + 1
-  progress["collapsed_epochs"] = (progress["collapsed_epochs"] + 1 if val_verdict["collapsed"]
-                                  else 0)
+  val_verdict, score, improved = judge_epoch(config, val, probs, progress)
   val_loss = steps_lib.split_loss(run.setup.loss_fn, probs, val.labels, ds.num_classes)
-  record = _epoch_record(epoch, state, t0, train_m, val_verdict, val_loss)
+  record = epoch_record(epoch, state, t0, train_m, val_verdict, val_loss)
   record["samples_per_s"] = round(len(train_m["loss"]) * config.train.batch_size
                                   / max(time.time() - t0, 1e-9), 1)
   record["samples_per_s_per_device"] = round(record["samples_per_s"] / run.mesh.size, 1)
@@ -232,7 +249,7 @@ def _train_and_evaluate(run, state, progress, history, t_start):
         record, improved, val_verdict = validate_epoch(run, state, epoch, t0, train_m, progress)
         history.append(record)
         _log_tensorboard(tb, train_m, record, int(state.step))
-        log(_epoch_line(record, improved))
+        log(epoch_line(record, improved))
         stopped = resume_lib.stop_reason(progress, config, record)
         if stopped:
           stop_reason = stopped
@@ -266,14 +283,14 @@ def _log_tensorboard(tb, train_m, record, last_step):
   tb.flush()
 
 
-def _streak(streak, skipped):
+def nonfinite_streak(streak, skipped):
   """Length of the run of non-finite steps ending at the last step."""
   for s in skipped:
     streak = streak + 1 if s else 0
   return streak
 
 
-def _stack_host(partial, step_metrics):
+def stack_host(partial, step_metrics):
   """Per-step metrics → {name: host array [steps, ...]}.
 
   Args:
@@ -293,7 +310,7 @@ def _stack_host(partial, step_metrics):
   return out
 
 
-def _epoch_record(epoch, state, t0, train_m, val_verdict, val_loss):
+def epoch_record(epoch, state, t0, train_m, val_verdict, val_loss):
   good = train_m["skipped"] == 0
   first = int(state.step) - len(good) + 1  # Optimizer step of the epoch's first batch.
   skipped_at = [first + int(j) for j in np.flatnonzero(~good)[:20]]
@@ -309,7 +326,7 @@ def _epoch_record(epoch, state, t0, train_m, val_verdict, val_loss):
           "val_loss": val_loss, **{f"val_{k}": v for k, v in val_verdict.items()}}
 
 
-def _epoch_line(r, improved):
+def epoch_line(r, improved):
   flag = ""
   if r["val_collapsed"]:
     flag = f"  COLLAPSED: {r['val_collapse_reason']} — not eligible as best"

@@ -19,11 +19,13 @@ LAYERS = (
               "cli", "tb", "checkpoints", "optim", "metrics", "mixup", "workdir")),
     ("data", ("data",)),
     ("models", ("models",)),
-    ("learning", ("losses", "parallel", "state", "steps", "verdict", "resume")),
+    ("learning", ("losses", "parallel", "state", "steps", "verdict", "resume",
+                  "population", "member_step", "device_windows")),
     ("reporting", ("trading", "bootstrap", "plots", "report_md", "evaluate", "trades",
-                   "trade_stats", "backtest", "backtest_report")),
-    ("loop", ("train",)),
-    ("entry", ("config_check", "compare", "main")),
+                   "trade_stats", "backtest", "backtest_report", "walkforward_report",
+                   "selection", "sweep_plots")),
+    ("loop", ("train", "population_train")),
+    ("entry", ("config_check", "compare", "main", "walkforward", "sweep")),
 )
 MAX_LINES = 450
 SHARED_NAMES = {"main", "get_config"}  # Entry points and config files: one per module.

@@ -18,6 +18,7 @@ from jaxquant.data import rolls as rolls_lib
 from jaxquant.data import sample_set
 from jaxquant.data import shards
 from jaxquant.data import split_columns
+from jaxquant.data import split_plan
 from jaxquant.data import splits as splits_lib
 from jaxquant.data import synth
 
@@ -318,27 +319,10 @@ def build_dataset(data_config, data_dir, normalizer=None, check_labels=True):
     stamps.append(ts)
     ts = bars = None
   crossing, facts = rolls_lib.crossing_rows(facts)
-  # One calendar for all instruments: train / val / test cut at common timestamps.
-  all_segs, cuts = splits_lib.calendar_segments(
-      stamps, data_config.val_fraction, data_config.test_fraction, data_config.embargo)
+  ends, train_rows, cuts = split_plan.split_ends(data_config, data_dir, names, stamps,
+                                                 crossing, facts)
   lengths = [len(ts) for ts in stamps]
   del stamps
-  ends = {split: [rolls_lib.keep_clear(splits_lib.window_ends(g[split], T, h), name,
-                                       crossing, facts, split, T, h)
-                  for name, g in zip(names, all_segs)] for split in splits_lib.SPLITS}
-  for split in splits_lib.SPLITS:
-    # An instrument may have no bars in a period; only a split empty everywhere fails.
-    if not sum(map(len, ends[split])):
-      period = {"train": f"before {_iso(cuts['val_start'])}",
-                "val": f"from {_iso(cuts['val_start'])} to {_iso(cuts['test_start'])}",
-                "test": f"from {_iso(cuts['test_start'])}"}[split]
-      most = max(g[split][1] - g[split][0] for g in all_segs)
-      raise ValueError(
-          f"no {split} windows: a window needs config.data.window={T} + horizon={h} + 1 "
-          f"bars of one instrument inside the {split} period ({period}; cut at the same "
-          f"timestamps for all instruments, embargo={data_config.embargo} bars dropped "
-          f"after each cut), and no instrument of {data_dir} has more than {most} there "
-          "(use a smaller window, other val_fraction / test_fraction, or more data)")
   # Each split's columns filled in place, a series at a time (no second copy).
   dtypes = split_columns.column_dtypes(sum(lengths), len(names), h)
   cols = {split: split_columns.empty_columns(sum(map(len, ends[split])), dtypes)
@@ -355,8 +339,7 @@ def build_dataset(data_config, data_dir, normalizer=None, check_labels=True):
       filled[split] = split_columns.fill_series(cols[split], filled[split], starts[i],
                                                 ends[split][i], labels, ret, off, ts, i)
     if normalizer is None:  # Bars before the first cut.
-      moments.append(feature_pass.series_moments(data_config, name, ts, bars,
-                                                 all_segs[i]["train"]))
+      moments.append(feature_pass.series_moments(data_config, name, ts, bars, train_rows[i]))
     ts = bars = labels = ret = off = None  # Before the next series is read.
   ends = None
   split_objs = {split: Split(split, **cols.pop(split), signal_class=labels_lib.signal_class(
@@ -370,7 +353,8 @@ def build_dataset(data_config, data_dir, normalizer=None, check_labels=True):
     normalizer = features_lib.pooled_normalizer(moments, names=fnames)
     if facts["normalization"] == "per_instrument":  # Each on its own training bars.
       normalizer = instruments_lib.fit_per_instrument(
-          feats, names, [np.arange(*g["train"]) for g in all_segs], normalizer, fnames)
+          feats, names, [np.concatenate([np.arange(a, b) for a, b in r] + [np.arange(0)])
+                         for r in train_rows], normalizer, fnames)
   return Dataset(features=_normalize(feats, names, normalizer, data_dir, int(starts[-1]), out),
                  splits=split_objs, instruments=names, normalizer=normalizer, window=T,
                  horizon=h, num_classes=num_classes, cuts=cuts,

@@ -98,14 +98,15 @@ def series_moments(data_config, name, ts, bars, train):
   Args:
     data_config: config.data (its features).
     name, ts, bars: the series (series_bars).
-    train: (start, stop) rows of its training segment.
+    train: [(start, stop), ...] runs of its training rows (one for the usual split;
+      several for a cross-validation fold).
 
   Returns:
     (rows, mean [F], sum of squared deviations [F]) for features.pooled_normalizer.
   """
-  n, mean, m2 = train[1] - train[0], [], []
+  n, mean, m2 = sum(b - a for a, b in train), [], []
   for col in _columns(data_config, name, ts, bars):
-    x = col[train[0]:train[1]]
+    x = np.concatenate([col[a:b] for a, b in train] + [col[:0]])
     mean.append(x.mean() if n else 0.0)
     m2.append(np.square(x - mean[-1]).sum() if n else 0.0)
     col = x = None

@@ -66,11 +66,31 @@ def train_batches(dataset, plan, rows=None, skip=0, jitter=0.0, seed=0, epoch=0,
   return ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
 
 
-def eval_batches(dataset, split_name, batch_size, rows=None):
+def train_ends(dataset, plan, rows=None, skip=0):
+  """train_batches' batches as window ends, for a step that gathers the windows on the
+  device (device_windows.gather_step): the same plan, order, rows and skip; no window
+  gathered, no worker needed (a batch is three small index lookups).
+
+  Returns:
+    An iterator of dicts ends [b] int32 (the row of each window's last bar in
+    Dataset.features), y [b] int32, r [b] float32.
+  """
+  split = dataset.splits["train"]
+  n = len(split)
+  start, stop = rows or (0, plan.shape[1])
+  for idx in plan[skip:, start:stop]:
+    idx = idx % n  # A copy (oversampling) is its window again: no jitter on this path.
+    yield {"ends": split.ends[idx].astype(np.int32), "y": split.labels[idx].astype(np.int32),
+           "r": split.fwd_returns[idx].astype(np.float32)}
+
+
+def eval_batches(dataset, split_name, batch_size, rows=None, ends=False):
   """All windows of a split in order, padded to full batches; `mask` marks real rows.
 
   Args:
     rows: (start, stop) rows of each batch this process gathers (None = all).
+    ends: yield the windows' end rows ("ends" [b] int32) instead of the windows
+      ("x"), for a predict step that gathers them on the device.
   """
   split = dataset.splits[split_name]
   n = len(split)
@@ -79,5 +99,7 @@ def eval_batches(dataset, split_name, batch_size, rows=None):
     idx = np.arange(first, first + batch_size)[start:stop]
     real = idx < n
     idx = np.where(real, idx, 0)  # Padding rows repeat window 0 and are masked out.
-    yield {"x": dataset.windows(split_name, idx), "y": split.labels[idx].astype(np.int32) * real,
+    inputs = ({"ends": split.ends[idx].astype(np.int32)} if ends
+              else {"x": dataset.windows(split_name, idx)})
+    yield {**inputs, "y": split.labels[idx].astype(np.int32) * real,
            "r": split.fwd_returns[idx].astype(np.float32) * real, "mask": real}

@@ -31,6 +31,11 @@ def names():
   return sorted(_REGISTRY)
 
 
+def adapted_names():
+  """The models that take LoRA adapters (config.model.lora_rank > 0)."""
+  return sorted(n for n, (_, _, owner) in _REGISTRY.items() if "lora_rank" in owner.SETTINGS)
+
+
 def check_model_config(model_config):
   """Checks every declared setting of the model `model_config.name` names (config values,
   else the module's defaults), then the rules between them.
@@ -41,6 +46,10 @@ def check_model_config(model_config):
   if model_config.name not in _REGISTRY:
     raise settings.invalid("name", model_config.name, f"known models: {names()}")
   module_cls, fixed, owner = _REGISTRY[model_config.name]
+  rank = model_config.get("lora_rank", 0)
+  if rank and "lora_rank" not in owner.SETTINGS:
+    raise settings.invalid("lora_rank", rank, f"model {model_config.name!r} has no LoRA "
+                           f"adapters (models with them: {adapted_names()}); use 0")
   vals = settings.values(model_config, module_cls, fixed)
   settings.check(owner.SETTINGS, vals)
   for rule in getattr(owner, "CROSS_RULES", ()):
@@ -65,6 +74,8 @@ def build_model(model_config, num_classes, dtype=jnp.float32):
                      f"choose one of {names()}")
   module_cls, fixed, _ = _REGISTRY[name]
   fields = set(module_cls.__dataclass_fields__)
+  if "lora_rank" not in fields and not kwargs.get("lora_rank", 1):
+    del kwargs["lora_rank"]  # 0 = no adapters: what a model without any is anyway.
   unknown = sorted(set(kwargs) - fields)
   if unknown:
     raise ValueError(f"config.model.{unknown[0]} is not a setting of model {name!r}; "

@@ -13,6 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxquant.models import lora
+
 
 def _round_up(n: int, multiple: int) -> int:
   return -(-n // multiple) * multiple
@@ -217,6 +219,7 @@ class LocalSelfAttention(nn.Module):
     attention: "local" (blockwise band) or "dense" (full T×T attention over all
       positions via the dense reference, ignoring `radius` — for comparison).
     block_size: block size of the local kernel; None = automatic.
+    lora_rank: rank of LoRA adapters on the query/key/value/out kernels (0 = none).
     dtype: compute dtype (params float32).
   """
   num_heads: int = 4
@@ -227,6 +230,7 @@ class LocalSelfAttention(nn.Module):
   head_dropout: float = 0.0
   attention: str = "local"
   block_size: Optional[int] = None
+  lora_rank: int = 0
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -236,8 +240,9 @@ class LocalSelfAttention(nn.Module):
     head_dim = self.head_dim or d_model // self.num_heads
     if head_dim < 1:
       raise ValueError(f"d_model={d_model} too small for {self.num_heads} heads")
-    proj = lambda name: nn.DenseGeneral((self.num_heads, head_dim), dtype=self.dtype,
-                                        param_dtype=jnp.float32, name=name)
+    proj = lambda name: lora.adapt(nn.DenseGeneral(
+        (self.num_heads, head_dim), dtype=self.dtype, param_dtype=jnp.float32, name=name),
+        self.lora_rank)
     x = x.astype(self.dtype)
     # Projections on 2-D rows [B·T, d] (see transformer.as_rows), then [B, T, H, D].
     rows = x.reshape(-1, x.shape[-1])
@@ -257,6 +262,6 @@ class LocalSelfAttention(nn.Module):
       h = h * mask
     self.sow("intermediates", "head_outputs_dropped", h)
     h = h.reshape((-1,) + h.shape[-2:])
-    y = nn.DenseGeneral(d_model, axis=(-2, -1), dtype=self.dtype,
-                        param_dtype=jnp.float32, name="out")(h)
+    y = lora.adapt(nn.DenseGeneral(d_model, axis=(-2, -1), dtype=self.dtype,
+                                   param_dtype=jnp.float32, name="out"), self.lora_rank)(h)
     return y.reshape(x.shape[:-1] + (d_model,))

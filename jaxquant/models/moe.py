@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxquant.models import dropout as dropout_lib
+from jaxquant.models import lora
 from jaxquant.models import param_count
 from jaxquant.models import settings
 from jaxquant.models import transformer as transformer_lib
@@ -251,11 +252,16 @@ def _combine_bwd(assignment_of_slot, d_y):
 combine.defvjp(_combine_fwd, _combine_bwd)
 
 
-def _expert_mlp(params, xs, dtype):
-  """Runs every expert on its own rows: xs [E, C, d] → [E, C, d] (GELU MLP)."""
+def _expert_mlp(params, xs, dtype, adapters=None):
+  """Runs every expert on its own rows: xs [E, C, d] → [E, C, d] (GELU MLP), with
+  `adapters` {"w_in": (A, B), "w_out": (A, B)} adding each expert's LoRA update."""
   h = jnp.einsum("ecd,edh->ech", xs, params["w_in"].astype(dtype))
+  if adapters:
+    h = h + lora.expert_delta(xs, adapters["w_in"], dtype)
   h = nn.gelu(h + params["b_in"].astype(dtype)[:, None, :])
   y = jnp.einsum("ech,ehd->ecd", h, params["w_out"].astype(dtype))
+  if adapters:
+    y = y + lora.expert_delta(h, adapters["w_out"], dtype)
   return y + params["b_out"].astype(dtype)[:, None, :]
 
 
@@ -268,6 +274,8 @@ class MoEFeedForward(nn.Module):
     capacity_factor: C = ceil(capacity_factor · N · top_k / E) slots per expert.
     expert_dim: hidden width of each expert.
     dropout: dropout on the layer output.
+    lora_rank: rank of per-expert LoRA adapters on w_in and w_out (0 = none; the router
+      never has one: its choices stay those of the base model).
     dtype: compute dtype of the experts (the router always runs in float32).
 
   Call: `(y, extras) = layer(x [B, T, d], train=...)`, extras =
@@ -278,6 +286,7 @@ class MoEFeedForward(nn.Module):
   capacity_factor: float = 1.25
   expert_dim: int = 512
   dropout: float = 0.0
+  lora_rank: int = 0
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -303,6 +312,10 @@ class MoEFeedForward(nn.Module):
         "w_out": self.param("w_out", init, (e, self.expert_dim, d), jnp.float32),
         "b_out": self.param("b_out", nn.initializers.zeros, (e, d), jnp.float32),
     }
+    adapters = None
+    if self.lora_rank:  # {"w_in_lora": {"lora_a", "lora_b"}, ...} beside the kernels.
+      adapters = {name: lora.ExpertAdapters(e, self.lora_rank, name=name + lora.EXPERT_SUFFIX)(
+          *params[name].shape[1:]) for name in ("w_in", "w_out")}
 
     cap = capacity(n, e, k, self.capacity_factor)
     a = count_assignments(expert_idx, e, cap)
@@ -311,7 +324,7 @@ class MoEFeedForward(nn.Module):
     # back (dropped → 0): both are row gathers, forward and backward.
     buf = dispatch(xf.astype(self.dtype), slots["token_of_slot"],
                    slots["slot_of_assignment"]).reshape(e, cap, d)
-    out_buf = _expert_mlp(params, buf, self.dtype)
+    out_buf = _expert_mlp(params, buf, self.dtype, adapters)
     y_assign = combine(out_buf.reshape(e * cap, d), slots["slot_of_assignment"],
                        slots["assignment_of_slot"])
     # Weight and sum the k assignments of every token (choice-major: a = choice·N
@@ -363,7 +376,7 @@ class MoETransformer(transformer_lib.Transformer):
     return functools.partial(MoEFeedForward, num_experts=self.num_experts,
                              top_k=self.top_k, capacity_factor=self.capacity_factor,
                              expert_dim=self.expert_dim or self.mlp_dim,
-                             dropout=self.dropout, dtype=self.dtype)
+                             dropout=self.dropout, lora_rank=self.lora_rank, dtype=self.dtype)
 
   def combine_extras(self, extras: list) -> dict:
     mean = lambda key: jnp.mean(jnp.stack([x[key] for x in extras]), axis=0)
@@ -384,7 +397,9 @@ def active_params(params, top_k: int, num_experts: int) -> int:
   Returns:
     The active parameter count (rounded to an int).
   """
-  expert = param_count.count_parameters(
-      params, where=lambda names: bool(names) and names[-1] in EXPERT_PARAM_NAMES)
+  def per_expert(names):  # Expert weights and their per-expert LoRA adapters.
+    adapter = len(names) > 1 and names[-2].removesuffix(lora.EXPERT_SUFFIX) in EXPERT_PARAM_NAMES
+    return bool(names) and (names[-1] in EXPERT_PARAM_NAMES or adapter)
+  expert = param_count.count_parameters(params, where=per_expert)
   total = param_count.count_parameters(params)
   return int(round(total - expert * (num_experts - top_k) / num_experts))

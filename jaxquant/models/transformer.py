@@ -17,6 +17,7 @@ import numpy as np
 from jaxquant.models import attention as attention_lib
 from jaxquant.models import dropout as dropout_lib
 from jaxquant.models import heads as heads_lib
+from jaxquant.models import lora
 from jaxquant.models import settings
 
 # config.model's settings and their ranges (config_check reads them via models.check_model_config).
@@ -33,6 +34,7 @@ SETTINGS = {
     "dropout": settings.fraction(),
     "head_dropout": settings.fraction(),
     "pooling": settings.one_of(("mean", "last")),
+    "lora_rank": settings.at_least(0),
 }
 
 
@@ -76,20 +78,23 @@ def as_rows(x):
 class MlpBlock(nn.Module):
   """d_model → mlp_dim (GELU, dropout) → d_model (dropout).
 
-  Returns `(y, {})` to match the feed-forward interface of `Block`.
+  Returns `(y, {})` to match the feed-forward interface of `Block`; lora_rank > 0 adds
+  LoRA adapters to wi and wo.
   """
   mlp_dim: int = 512
   dropout: float = 0.1
+  lora_rank: int = 0
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, *, train: bool):
     d = x.shape[-1]
-    h = nn.Dense(self.mlp_dim, dtype=self.dtype, param_dtype=jnp.float32,
-                 name="wi")(as_rows(x))
+    dense = lambda width, name: lora.adapt(
+        nn.Dense(width, dtype=self.dtype, param_dtype=jnp.float32, name=name), self.lora_rank)
+    h = dense(self.mlp_dim, "wi")(as_rows(x))
     h = nn.gelu(h)
     h = dropout_lib.Dropout(self.dropout, deterministic=not train)(h)
-    y = nn.Dense(d, dtype=self.dtype, param_dtype=jnp.float32, name="wo")(h)
+    y = dense(d, "wo")(h)
     return dropout_lib.Dropout(self.dropout, deterministic=not train)(y.reshape(x.shape)), {}
 
 
@@ -101,6 +106,7 @@ class Block(nn.Module):
       the feed-forward module (`MlpBlock` or `MoEFeedForward` partials).
     num_heads, radius, causal, attention, head_dropout: see attention.LocalSelfAttention.
     dropout: dropout on the attention branch output.
+    lora_rank: LoRA adapter rank of the attention projections (0 = none).
     dtype: compute dtype.
   """
   ffn_factory: Callable[..., nn.Module]
@@ -110,6 +116,7 @@ class Block(nn.Module):
   attention: str = "local"
   dropout: float = 0.1
   head_dropout: float = 0.1
+  lora_rank: int = 0
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -118,8 +125,8 @@ class Block(nn.Module):
     ln = lambda name: nn.LayerNorm(dtype=self.dtype, param_dtype=jnp.float32, name=name)
     h = attention_lib.LocalSelfAttention(num_heads=self.num_heads, radius=self.radius,
                            causal=self.causal, head_dropout=self.head_dropout,
-                           attention=self.attention, dtype=self.dtype,
-                           name="attn")(ln("ln_attn")(x), train=train)
+                           attention=self.attention, lora_rank=self.lora_rank,
+                           dtype=self.dtype, name="attn")(ln("ln_attn")(x), train=train)
     x = x + dropout_lib.Dropout(self.dropout, deterministic=not train)(h)
     h, extras = self.ffn_factory(name="ffn")(ln("ln_ffn")(x), train=train)
     return x + h, extras
@@ -142,6 +149,8 @@ class Transformer(nn.Module):
     head_dropout: probability of dropping a whole attention head.
     pooling: "mean" over time or "last" position.
     num_classes: classes of the classification head.
+    lora_rank: rank of LoRA adapters on the attention and feed-forward kernels (0 = none;
+      the input projection, positions, norms and head have none).
     dtype: compute dtype (params float32).
   """
   d_model: int = 128
@@ -157,13 +166,14 @@ class Transformer(nn.Module):
   head_dropout: float = 0.1
   pooling: str = "mean"
   num_classes: int = 2
+  lora_rank: int = 0
   dtype: jnp.dtype = jnp.float32
 
   def ffn_factory(self, layer: int) -> Callable[..., nn.Module]:
     """Feed-forward module factory of block `layer` (MoETransformer overrides this)."""
     del layer
     return functools.partial(MlpBlock, mlp_dim=self.mlp_dim, dropout=self.dropout,
-                             dtype=self.dtype)
+                             lora_rank=self.lora_rank, dtype=self.dtype)
 
   def combine_extras(self, extras: list) -> dict:
     """Turns per-layer feed-forward extras into {"aux_loss", "stats"} (none for MLP)."""
@@ -195,7 +205,7 @@ class Transformer(nn.Module):
       h, e = Block(ffn_factory=self.ffn_factory(i), num_heads=self.num_heads,
                    radius=self.attention_radius, causal=self.causal, attention=self.attention,
                    dropout=self.dropout, head_dropout=self.head_dropout,
-                   dtype=self.dtype, name=f"block_{i}")(h, train=train)
+                   lora_rank=self.lora_rank, dtype=self.dtype, name=f"block_{i}")(h, train=train)
       extras.append(e)
     h = nn.LayerNorm(dtype=self.dtype, param_dtype=jnp.float32, name="ln_final")(h)
 
