@@ -310,9 +310,6 @@ def class_weights(loss_config, labels, fwd_returns, num_classes):
   return np.asarray(_explicit_alpha(alpha), np.float32)
 
 
-# --------------------------------------------------------------------------- config
-
-
 def _get(loss_config, key):
   return loss_config.get(key, LOSS_DEFAULTS[key]) if key in LOSS_DEFAULTS else loss_config[key]
 
@@ -372,8 +369,53 @@ def _masked_mean(values, mask):
   return jnp.sum(jnp.where(mask > 0, values, 0.0) * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
+def make_traced_loss_fn(loss_config, num_classes):
+  """The classification loss of `config.loss` with its numbers as an argument.
+
+  Returns:
+    `loss(logits, targets, mask, progress, hp)`: make_loss_fn's, with `hp`'s "alpha" [K],
+    "gamma", "label_smoothing", "composite_alpha" constants (one run) or traced arrays
+    (one compiled loss for a population's members, member_step.py).
+  """
+  validate_loss_config(loss_config, num_classes)
+  name, schedule = _get(loss_config, "name"), _get(loss_config, "composite_schedule")
+  a_start, a_end = (float(_get(loss_config, k)) for k in ("composite_start", "composite_end"))
+  per_example_focal = jax.vmap(focal_loss, in_axes=(0, 0, None, None))
+  per_example_ce = jax.vmap(cross_entropy, in_axes=(0, 0, None))
+  signal = labels_lib.signal_class(num_classes)
+
+  def soft_f1(probs, targets, mask):
+    if num_classes == 2:
+      return soft_f1_loss(probs[:, signal], targets[:, signal], mask)
+    return soft_f1_multiclass(probs, targets, mask)
+
+  def loss(logits, targets, mask, progress, hp):
+    logits, targets = logits.astype(jnp.float32), targets.astype(jnp.float32)
+    smoothed = label_smoothing(targets, hp["label_smoothing"])
+    if name == "focal":
+      value = _masked_mean(per_example_focal(logits, smoothed, hp["alpha"], hp["gamma"]), mask)
+      return value, {"focal": value}
+    if name == "ce":
+      value = _masked_mean(per_example_ce(logits, smoothed, hp["alpha"]), mask)
+      return value, {"ce": value}
+    probs = jax.nn.softmax(logits, axis=-1)
+    if name == "soft_f1":
+      value = soft_f1(probs, targets, mask)
+      return value, {"soft_f1": value}
+    if name == "dice":
+      value = dice_loss(probs, targets, mask)
+      return value, {"dice": value}
+    a = composite_alpha(schedule, progress, hp["composite_alpha"], a_start, a_end)
+    f1_part = soft_f1(probs, targets, mask)
+    ce_part = _masked_mean(per_example_ce(logits, smoothed, hp["alpha"]), mask)
+    value = a * f1_part + (1.0 - a) * ce_part
+    return value, {"soft_f1": f1_part, "ce": ce_part, "composite_alpha": a}
+
+  return loss
+
+
 def make_loss_fn(loss_config, alpha):
-  """Builds the classification loss of `config.loss`.
+  """Builds the classification loss of `config.loss` (make_traced_loss_fn, its numbers fixed).
 
   Args:
     loss_config: config.loss. `name`: "focal" (focal loss with `gamma` and class
@@ -388,53 +430,19 @@ def make_loss_fn(loss_config, alpha):
     `loss(logits [B, K], targets [B, K], mask [B], progress) -> (scalar, components)`:
     targets are unsmoothed soft targets (int labels [B] are one-hot encoded);
     per-example terms are masked means (padding rows, mask 0, excluded);
-    `progress` is the fraction of training done (a jnp scalar in [0, 1]);
-    `components` maps each part's name ("focal", "ce", "soft_f1", "dice") to its
-    value, plus "composite_alpha" for the composite.
+    `progress` is the fraction of training done (a jnp scalar in [0, 1]); `components`
+    maps each part's name ("focal", "ce", "soft_f1", "dice") to its value, plus
+    "composite_alpha" for the composite.
   """
   alpha = jnp.asarray(alpha, jnp.float32)
   num_classes = int(alpha.shape[0])
-  validate_loss_config(loss_config, num_classes)
-  name = _get(loss_config, "name")
-  gamma = float(_get(loss_config, "gamma"))
-  eps = float(_get(loss_config, "label_smoothing"))
-  schedule = _get(loss_config, "composite_schedule")
-  a_fixed, a_start, a_end = (float(_get(loss_config, k)) for k in
-                             ("composite_alpha", "composite_start", "composite_end"))
-  per_example_focal = jax.vmap(focal_loss, in_axes=(0, 0, None, None))
-  per_example_ce = jax.vmap(cross_entropy, in_axes=(0, 0, None))
-
-  signal = labels_lib.signal_class(num_classes)
-
-  def soft_f1(probs, targets, mask):
-    if num_classes == 2:
-      return soft_f1_loss(probs[:, signal], targets[:, signal], mask)
-    return soft_f1_multiclass(probs, targets, mask)
+  hp = {"alpha": alpha, **{k: float(_get(loss_config, k)) for k in
+                           ("gamma", "label_smoothing", "composite_alpha")}}
+  traced = make_traced_loss_fn(loss_config, num_classes)
 
   def loss(logits, targets, mask, progress):
-    logits = logits.astype(jnp.float32)
     if targets.ndim == logits.ndim - 1:  # Int labels [B]: one-hot.
       targets = jax.nn.one_hot(targets, num_classes)
-    targets = targets.astype(jnp.float32)
-    smoothed = label_smoothing(targets, eps) if eps > 0 else targets
-    if name == "focal":
-      value = _masked_mean(per_example_focal(logits, smoothed, alpha, gamma), mask)
-      return value, {"focal": value}
-    if name == "ce":
-      value = _masked_mean(per_example_ce(logits, smoothed, alpha), mask)
-      return value, {"ce": value}
-    probs = jax.nn.softmax(logits, axis=-1)
-    if name == "soft_f1":
-      value = soft_f1(probs, targets, mask)
-      return value, {"soft_f1": value}
-    if name == "dice":
-      value = dice_loss(probs, targets, mask)
-      return value, {"dice": value}
-    # composite
-    a = composite_alpha(schedule, progress, a_fixed, a_start, a_end)
-    f1_part = soft_f1(probs, targets, mask)
-    ce_part = _masked_mean(per_example_ce(logits, smoothed, alpha), mask)
-    value = a * f1_part + (1.0 - a) * ce_part
-    return value, {"soft_f1": f1_part, "ce": ce_part, "composite_alpha": a}
+    return traced(logits, targets, mask, progress, hp)
 
   return loss

@@ -2,7 +2,7 @@
 
 steps.make_train_step's arithmetic, reading the numbers members may differ in
 (population.MEMBER_KEYS) from `hp` instead of the config, so one compiled program
-serves every value: the loss is built from losses.py's own terms, the optimizer is
+serves every value: the loss is losses.make_traced_loss_fn, the optimizer is
 optim.clip_adamw on optax's warmup + cosine pieces with the member's peak and end rate,
 mixup is mixup.mixup with the member's probability. jaxquant/population.py runs it over
 a leading member axis; tests/test_population.py checks it against single runs.
@@ -16,7 +16,6 @@ from jaxquant import losses
 from jaxquant import mixup as mixup_lib
 from jaxquant import optim
 from jaxquant import state as state_lib
-from jaxquant.data import labels as labels_lib
 
 
 def member_schedule(train_config, steps_per_epoch, lr, end_lr):
@@ -25,79 +24,12 @@ def member_schedule(train_config, steps_per_epoch, lr, end_lr):
   Built from the pieces optax.warmup_cosine_decay_schedule joins (its `peak == 0`
   test needs a concrete number), so the arithmetic is optax's.
   """
-  total = max(train_config.epochs * steps_per_epoch, 2)
-  warmup = min(int(round(train_config.warmup_epochs * steps_per_epoch)), total - 1)
+  total, warmup = state_lib.schedule_lengths(train_config, steps_per_epoch)
   ratio = jnp.where(lr == 0.0, 0.0, end_lr / jnp.where(lr == 0.0, 1.0, lr))
   return optax.join_schedules(
       [optax.linear_schedule(init_value=0.0, end_value=lr, transition_steps=warmup),
        optax.cosine_decay_schedule(init_value=lr, decay_steps=total - warmup, alpha=ratio)],
       [warmup])
-
-
-def member_optimizer(train_config, schedule, trainable=None):
-  """state.make_optimizer's transformation around a given (member) schedule."""
-  tx = optim.clip_adamw(schedule, train_config.clip_norm, train_config.weight_decay,
-                        mask=state_lib.decay_mask)
-  if trainable is not None:
-    tx = optax.multi_transform(
-        {"train": tx, "freeze": optax.set_to_zero()},
-        lambda params: jax.tree.map(lambda t: "train" if t else "freeze", trainable(params)))
-  return tx
-
-
-def _masked_mean(values, mask):
-  mask = mask.astype(jnp.float32)
-  return jnp.sum(jnp.where(mask > 0, values, 0.0) * mask) / jnp.maximum(jnp.sum(mask), 1.0)
-
-
-def member_loss_fn(loss_config, num_classes):
-  """losses.make_loss_fn's loss with the member numbers as an argument.
-
-  It restates make_loss_fn's combination of losses.py's terms (losses.py stays as it
-  is, at its size limit); tests/test_population.py pins the two equal for focal, CE
-  (via gamma 0) and composite.
-
-  Returns:
-    `loss(logits, targets, mask, progress, hp) -> (scalar, components)`; `hp` holds
-    one member's "alpha" [K], "gamma", "label_smoothing", "composite_alpha" (traced).
-    loss.name, composite_schedule/start/end are the population's (static).
-  """
-  losses.validate_loss_config(loss_config, num_classes)
-  name, schedule = loss_config.name, loss_config.composite_schedule
-  start, end = float(loss_config.composite_start), float(loss_config.composite_end)
-  focal = jax.vmap(losses.focal_loss, in_axes=(0, 0, None, None))
-  ce = jax.vmap(losses.cross_entropy, in_axes=(0, 0, None))
-  signal = labels_lib.signal_class(num_classes)
-
-  def soft_f1(probs, targets, mask):
-    if num_classes == 2:
-      return losses.soft_f1_loss(probs[:, signal], targets[:, signal], mask)
-    return losses.soft_f1_multiclass(probs, targets, mask)
-
-  def loss(logits, targets, mask, progress, hp):
-    logits, targets = logits.astype(jnp.float32), targets.astype(jnp.float32)
-    # eps = 0 gives the targets bit for bit ((1 - 0)·t + 0/K), like the skipped smoothing.
-    smoothed = losses.label_smoothing(targets, hp["label_smoothing"])
-    if name == "focal":
-      value = _masked_mean(focal(logits, smoothed, hp["alpha"], hp["gamma"]), mask)
-      return value, {"focal": value}
-    if name == "ce":
-      value = _masked_mean(ce(logits, smoothed, hp["alpha"]), mask)
-      return value, {"ce": value}
-    probs = jax.nn.softmax(logits, axis=-1)
-    if name == "soft_f1":
-      value = soft_f1(probs, targets, mask)
-      return value, {"soft_f1": value}
-    if name == "dice":
-      value = losses.dice_loss(probs, targets, mask)
-      return value, {"dice": value}
-    a = losses.composite_alpha(schedule, progress, hp["composite_alpha"], start, end)
-    f1_part = soft_f1(probs, targets, mask)
-    ce_part = _masked_mean(ce(logits, smoothed, hp["alpha"]), mask)
-    value = a * f1_part + (1.0 - a) * ce_part
-    return value, {"soft_f1": f1_part, "ce": ce_part, "composite_alpha": a}
-
-  return loss
 
 
 def make_member_step(model, config, num_classes, steps_per_epoch, return_scale=1.0,
@@ -114,13 +46,13 @@ def make_member_step(model, config, num_classes, steps_per_epoch, return_scale=1
     mixup: whether any member mixes up (mixup_prob > 0): with False the step has
       no mixup at all; with True a member's coin comes up with its own probability.
   """
-  loss_fn = member_loss_fn(config.loss, num_classes)
+  loss_fn = losses.make_traced_loss_fn(config.loss, num_classes)
   mix_alpha = float(config.train.mixup_alpha)
   total_steps = config.train.epochs * steps_per_epoch
 
   def step(state, batch, rng, hp):
     schedule = member_schedule(config.train, steps_per_epoch, hp["lr"], hp["end_lr"])
-    tx = member_optimizer(config.train, schedule, trainable)
+    tx = state_lib.optimizer_on(config.train, schedule, trainable)
     rng = jax.random.fold_in(rng, state.step)
     mix_rng, dropout_rng = jax.random.split(rng)
     targets = jax.nn.one_hot(batch["y"], num_classes)

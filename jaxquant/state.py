@@ -45,18 +45,29 @@ def make_optimizer(train_config, steps_per_epoch, trainable=None):
   Returns:
     (optax transformation, learning-rate schedule).
   """
-  total = max(train_config.epochs * steps_per_epoch, 2)
-  warmup = min(int(round(train_config.warmup_epochs * steps_per_epoch)), total - 1)
+  total, warmup = schedule_lengths(train_config, steps_per_epoch)
   schedule = optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=train_config.lr, warmup_steps=warmup,
       decay_steps=total, end_value=train_config.end_lr)
+  return optimizer_on(train_config, schedule, trainable), schedule
+
+
+def schedule_lengths(train_config, steps_per_epoch):
+  """(total, warmup) optimizer steps of the learning-rate schedule."""
+  total = max(train_config.epochs * steps_per_epoch, 2)
+  return total, min(int(round(train_config.warmup_epochs * steps_per_epoch)), total - 1)
+
+
+def optimizer_on(train_config, schedule, trainable=None):
+  """make_optimizer's transformation on a given schedule (a population member's has a
+  traced peak: member_step.py)."""
   tx = optim.clip_adamw(schedule, train_config.clip_norm, train_config.weight_decay,
                         mask=decay_mask)
   if trainable is not None:
     tx = optax.multi_transform(
         {"train": tx, "freeze": optax.set_to_zero()},
         lambda params: jax.tree.map(lambda t: "train" if t else "freeze", trainable(params)))
-  return tx, schedule
+  return tx
 
 
 def trainable_partition(train_config):

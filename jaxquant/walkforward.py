@@ -28,16 +28,22 @@ from jaxquant import walkforward_report as report
 from jaxquant.data import folds as folds_lib
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file(
-    "config", None, "Config file, e.g. configs/moe.py:quick; override fields with "
-    "--config.train.epochs=3 (as jaxquant.main).", lock_config=True)
-flags.DEFINE_string("workdir", None, "Where the folds' runs and the walk-forward results go.")
-flags.DEFINE_integer("folds", 5, "Test periods (expanding, rolling) or groups (cpcv).")
-flags.DEFINE_enum("scheme", "expanding", list(folds_lib.SCHEMES),
-                  "expanding or rolling walk-forward, or cpcv (combinatorial purged CV).")
-flags.DEFINE_integer("test_groups", 2, "cpcv: K test groups per fold (every choice of K).")
-flags.DEFINE_bool("force", False, "Go on in a workdir whose walk-forward had other "
-                  "settings (normally refused).")
+
+
+def define_flags():
+  """The command's flags, defined only when it runs as a program: jaxquant.main and
+  jaxquant.compare define flags of the same names, and a process may import all three."""
+  config_flags.DEFINE_config_file(
+      "config", None, "Config file, e.g. configs/moe.py:quick; override fields with "
+      "--config.train.epochs=3 (as jaxquant.main).", lock_config=True)
+  flags.DEFINE_string("workdir", None, "Where the folds' runs and the walk-forward results go.")
+  flags.DEFINE_integer("folds", 5, "Test periods (expanding, rolling) or groups (cpcv).")
+  flags.DEFINE_enum("scheme", "expanding", list(folds_lib.SCHEMES),
+                    "expanding or rolling walk-forward, or cpcv (combinatorial purged CV).")
+  flags.DEFINE_integer("test_groups", 2, "cpcv: K test groups per fold (every choice of K).")
+  flags.DEFINE_bool("force", False, "Go on in a workdir whose walk-forward had other "
+                    "settings (normally refused).")
+
 
 WARM_STARTS = ("none", "full", "heads", "lora")
 PLAN_FILE = "walkforward_plan.json"
@@ -227,4 +233,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   cli.run(main, positional=True)
