@@ -38,6 +38,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -251,6 +252,27 @@ def sweep_section(s, quick):
           f"{s['separate_s']:.0f} s | 1.00x |\n")
 
 
+def write_sweep_doc(s):
+  """docs/sweep.md: the population sweep's compare.md, and its tightrope plot."""
+  from jaxquant import io_utils
+  docs = os.path.join(ROOT, "docs")
+  os.makedirs(os.path.join(docs, "images"), exist_ok=True)
+  with open(os.path.join(s["population_dir"], "compare.md")) as f:
+    md = f.read()
+  for name in os.listdir(s["population_dir"]):
+    if name.startswith("sweep_") and name.endswith(".png"):
+      shutil.copyfile(os.path.join(s["population_dir"], name),
+                      os.path.join(docs, "images", name))
+      md = md.replace(f"]({name})", f"](images/{name})")
+  command = shlex.join(["python"] + sweep_command("DIR", s["weights"], s["seeds"], s["sets"],
+                                                True)[1:])
+  head = ("# The class-weight sweep\n\nWritten by `python benchmarks/population.py` (its "
+          f"population run: `{command}`); {s['population_s'] / 60:.1f} min as one population, "
+          f"{s['separate_s'] / 60:.1f} min as {s['members']} separate runs.\n\n")
+  io_utils.atomic_write_text(os.path.join(docs, "sweep.md"),
+                             head + md.split("\n", 1)[1].lstrip("\n"))
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--quick", action="store_true", help="fewer repeats (< 90 s on 2 cores)")
@@ -309,6 +331,8 @@ def main(argv=None):
     if not args.no_docs:
       from jaxquant import io_utils
       io_utils.replace_markdown_section(args.out, SWEEP_SECTION, body, title="Performance")
+      if not args.quick:
+        write_sweep_doc(s)
     last += f" sweep_speedup={s['speedup']:.2f}"
   print(last)
 

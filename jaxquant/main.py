@@ -48,8 +48,8 @@ def main(argv):
     config = config_check.loaded(FLAGS.config)
     stamp = os.environ.get("JAXQUANT_RUN_STAMP") or f"{datetime.datetime.now():%Y%m%d-%H%M%S}"
     workdir = FLAGS.workdir or os.path.join("runs", f"{config.name}-{stamp}")
-    print(f"Workdir: {workdir}", flush=True)
-    try:
+    try:  # (The print inside: a signal right after it is still the start-up's.)
+      print(f"Workdir: {workdir}", flush=True)
       from jaxquant import train  # JAX and Orbax load after the flags are checked.
     except cli.Interrupted as e:
       raise cli.Interrupted(e.signame, f"{e.signame} during start-up: stopped before "

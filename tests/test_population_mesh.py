@@ -97,7 +97,7 @@ def _worker(out_dir):
     json.dump(info, f)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # (Once per xdist worker, whatever runs between.)
 def worker(tmp_path_factory):
   out = tmp_path_factory.mktemp("population_mesh")
   env = dict(os.environ, JAX_PLATFORMS="cpu",
