@@ -1,13 +1,11 @@
 """What the backtest shows: trades.csv, equity.png, the report.md section, a console line."""
 
-import io
 import math
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from jaxquant import io_utils
+from jaxquant import plots
 from jaxquant import trade_stats
 from jaxquant import trades as trades_lib
 
@@ -61,9 +59,8 @@ def write_trades_csv(path, tables, names):
 def plot_equity(table, names, path):
   """equity.png: net and gross equity of all instruments (and the net of each), the
   drawdown of the net underneath; cumulative returns on notional, by exit time."""
-  fig = Figure(figsize=(8, 5), layout="constrained")
-  FigureCanvasAgg(fig)
-  top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1))
+  fig, ((top,), (bottom,)) = plots.new_figure(1, 2, figsize=(8, 5), sharex=True,
+                                              height_ratios=(3, 1))
   when = np.asarray(table["exit_time"], np.int64).astype("datetime64[ns]")
   if when.size:
     net = np.cumsum(table["net_return"]) * 100
@@ -83,10 +80,7 @@ def plot_equity(table, names, path):
   top.set_title("Test equity (one contract per trade, returns on notional)")
   bottom.set_ylabel("drawdown (%)")
   bottom.set_xlabel("exit time")
-  buf = io.BytesIO()
-  fig.savefig(buf, format="png", dpi=110)
-  io_utils.atomic_write_bytes(path, buf.getvalue())
-  return path
+  return plots.save_png(fig, path)
 
 
 def _ok(x):

@@ -276,6 +276,12 @@ def _save_predictions(path, d, split, probs, threshold):
   io_utils.atomic_write_bytes(path, buf.getvalue())
 
 
+def load_split_predictions(workdir, split):
+  """{column: array} of a run's <split>_predictions.npz (_save_predictions's)."""
+  with np.load(os.path.join(workdir, f"{split}_predictions.npz")) as z:
+    return {k: z[k] for k in z.files}
+
+
 def _check_writable(out_dir, flag):
   """One line, before any work, where the outputs cannot be written (a read-only
   workdir or filesystem); a probe file, as access() passes read-only mounts for root."""

@@ -34,7 +34,7 @@ RUN_FIGURES = ("training_curves.png",)  # The run's own: not prefixed per evalua
 FEW_SIGNALS = 30  # Sweep points with fewer signals are marked: their win rate is mostly noise.
 
 
-def _new_figure(ncols=1, nrows=1, figsize=(6, 4), **kw):
+def new_figure(ncols=1, nrows=1, figsize=(6, 4), **kw):
   """A figure on its own Agg canvas: no pyplot global state, safe off the main thread."""
   fig = Figure(figsize=figsize, layout="constrained")
   FigureCanvasAgg(fig)
@@ -42,7 +42,7 @@ def _new_figure(ncols=1, nrows=1, figsize=(6, 4), **kw):
   return fig, axes
 
 
-def _save(fig, path):
+def save_png(fig, path):
   """Renders to memory first, then replaces ``path`` atomically (never a torn PNG)."""
   buf = io.BytesIO()
   fig.savefig(buf, format="png", dpi=110)
@@ -64,7 +64,7 @@ def plot_roc_pr(labels, scores, path, split="Test"):
   """
   y, s = metrics_lib.validate_binary(labels, scores)
   prior = float(y.mean())
-  fig, ((a1, a2),) = _new_figure(2, figsize=(10, 4))
+  fig, ((a1, a2),) = new_figure(2, figsize=(10, 4))
   a1.plot([0, 1], [0, 1], "--", color="grey", label="chance (AUC 0.5)")
   a2.axhline(prior, ls="--", color="grey", label=f"prior {prior:.3f} (random ranking)")
   if 0 < y.sum() < y.size:
@@ -82,7 +82,7 @@ def plot_roc_pr(labels, scores, path, split="Test"):
          xlim=(0, 1), ylim=(0, 1.02))
   a1.legend(loc="lower right", fontsize=8)
   a2.legend(loc="upper right", fontsize=8)
-  return _save(fig, path)
+  return save_png(fig, path)
 
 
 def calibration_table(labels, scores, bins=10, strategy="uniform"):
@@ -137,7 +137,7 @@ def plot_calibration(labels, scores, path, bins=10, strategy="uniform", split="T
   y = np.asarray(labels)
   table = calibration_table(labels, scores, bins, strategy)
   prior = float(y.mean())
-  fig, ((a1,), (a2,)) = _new_figure(1, 2, figsize=(6, 6), sharex=True,
+  fig, ((a1,), (a2,)) = new_figure(1, 2, figsize=(6, 6), sharex=True,
                                     gridspec_kw={"height_ratios": [3, 1]})
   lo, hi = table["edges"][0], table["edges"][-1]
   a1.plot([lo, hi], [lo, hi], "--", color="grey", label="perfectly calibrated")
@@ -153,7 +153,7 @@ def plot_calibration(labels, scores, path, bins=10, strategy="uniform", split="T
   if nonzero and max(nonzero) > 20 * min(nonzero):
     a2.set_yscale("log")  # Most scores pile up near 0 with rare positives.
   a2.set(xlabel="mean predicted probability (bin)", ylabel="windows")
-  return _save(fig, path)
+  return save_png(fig, path)
 
 
 def plot_return_head(predicted, realised, path, ic=None, bins=10):
@@ -171,7 +171,7 @@ def plot_return_head(predicted, realised, path, ic=None, bins=10):
     The path written.
   """
   p, r = np.asarray(predicted, np.float64), np.asarray(realised, np.float64)
-  fig, ((a1, a2),) = _new_figure(2, 1, figsize=(10, 4))
+  fig, ((a1, a2),) = new_figure(2, 1, figsize=(10, 4))
   a1.scatter(p, r, s=4, alpha=0.3, color="C0", rasterized=True)
   a1.axhline(0, color="grey", lw=0.8)
   a1.axvline(0, color="grey", lw=0.8)
@@ -186,7 +186,7 @@ def plot_return_head(predicted, realised, path, ic=None, bins=10):
   a2.axhline(r.mean(), ls=":", color="grey", label=f"overall mean {r.mean():+.2e} (no skill)")
   a2.set(xlabel="predicted forward return (bin mean)", ylabel="mean realised forward return")
   a2.legend(loc="upper left", fontsize=8)
-  return _save(fig, path)
+  return save_png(fig, path)
 
 
 def plot_confusion(confusion, path, class_names=None, title="Test confusion matrix"):
@@ -210,7 +210,7 @@ def plot_confusion(confusion, path, class_names=None, title="Test confusion matr
     raise ValueError(f"need {k} class names, got {len(names)}")
   # Row shares: recall of each true class; colour by share so the rare class is visible.
   share = metrics_lib.safe_div(cm, cm.sum(1, keepdims=True))
-  fig, ((ax,),) = _new_figure(figsize=(1.6 * k + 2, 1.4 * k + 1.5))
+  fig, ((ax,),) = new_figure(figsize=(1.6 * k + 2, 1.4 * k + 1.5))
   im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
   for i in range(k):
     for j in range(k):
@@ -220,7 +220,7 @@ def plot_confusion(confusion, path, class_names=None, title="Test confusion matr
          xlabel="predicted class", ylabel="true class",
          title=f"{title}\n(colour and % = share of each true class)")
   fig.colorbar(im, ax=ax, fraction=0.046, label="share of row")
-  return _save(fig, path)
+  return save_png(fig, path)
 
 
 def _column(rows, key):
@@ -240,7 +240,7 @@ def plot_threshold_sweep(sweep_val, sweep_test, path, chosen_threshold=None):
   Returns:
     The path written.
   """
-  fig, ((ax,),) = _new_figure(figsize=(8, 5.5))
+  fig, ((ax,),) = new_figure(figsize=(8, 5.5))
   share_ax = ax.twinx()
   few_label = f"< {FEW_SIGNALS} signals: win rate mostly noise"
   # val dashed with open markers, test solid with filled ones: told apart without colour.
@@ -278,7 +278,7 @@ def plot_threshold_sweep(sweep_val, sweep_test, path, chosen_threshold=None):
   if handles[0] or handles2[0]:  # Below the axes: it never covers a curve.
     fig.legend(handles[0] + handles2[0], handles[1] + handles2[1], fontsize=7, ncols=3,
                loc="outside lower center")
-  return _save(fig, path)
+  return save_png(fig, path)
 
 
 def plot_history(history, path):
@@ -298,7 +298,7 @@ def plot_history(history, path):
   """
   rows = list(history or [])
   ep = _column(rows, "epoch")
-  fig, ((a1, a2, a3),) = _new_figure(3, figsize=(15, 4))
+  fig, ((a1, a2, a3),) = new_figure(3, figsize=(15, 4))
   a1.plot(ep, _column(rows, "train_loss"), "o-", label="train")
   a1.plot(ep, _column(rows, "val_loss"), "o-", label="validation")
   a1.set(xlabel="epoch", ylabel="loss", title="Loss")
@@ -318,4 +318,4 @@ def plot_history(history, path):
     ax.legend(fontsize=8)
   if collapsed:
     fig.suptitle(f"{len(collapsed)} of {len(rows)} epochs collapsed (red)", color="red")
-  return _save(fig, path)
+  return save_png(fig, path)

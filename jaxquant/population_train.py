@@ -271,6 +271,7 @@ def _evaluate(pop, members, seconds):
       step = store.best_step()
       if step is None:
         raise ValueError(f"{m.workdir}/checkpoints holds no checkpoint to evaluate")
+      store.verify(step)  # A corrupt checkpoint is refused, never evaluated (evaluate.restore).
       state, meta = store.restore(step, checkpoints_lib.abstract_like(template))
     finally:
       store.close()

@@ -117,11 +117,6 @@ def member_record(name, settings, summary, workdir, seconds, group):
           "seconds": round(seconds, 1)}
 
 
-def _load(workdir, split):
-  with np.load(os.path.join(workdir, f"{split}_predictions.npz")) as z:
-    return {k: z[k] for k in z.files}
-
-
 def perf_matrix(workdirs, thresholds, blocks=PBO_BLOCKS):
   """[T, M]: each member's mean trading return (long on its signals, the forward return
   of each signalled window, 0 for a window without signal) in T consecutive time blocks of
@@ -130,7 +125,7 @@ def perf_matrix(workdirs, thresholds, blocks=PBO_BLOCKS):
   for wd, thr in zip(workdirs, thresholds):
     parts = []
     for split in ("val", "test"):
-      p = _load(wd, split)
+      p = evaluate.load_split_predictions(wd, split)
       order = np.argsort(p["timestamp"], kind="stable")
       parts.append(np.where(p["probability"][order] >= thr, p["forward_return"][order], 0.0))
     cols.append(np.concatenate(parts))
@@ -167,7 +162,7 @@ def build_ensemble(members, k, configs, out_dir, log=print):
   ds = dataset_lib.build_dataset(config.data, data_dir)
   preds = {}
   for split in ("val", "test"):
-    loaded = [_load(members[i]["workdir"], split) for i in eligible]
+    loaded = [evaluate.load_split_predictions(members[i]["workdir"], split) for i in eligible]
     ts = ds.splits[split].timestamps
     for p in loaded:
       if not np.array_equal(p["timestamp"], ts):

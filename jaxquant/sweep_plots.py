@@ -2,35 +2,24 @@
 (the class-weight "tightrope" as a curve), the mean over seeds with a min–max band.
 
 Members are the dicts of jaxquant/selection.py. Only validation figures are drawn: a
-researcher tunes on these, and the test split stays for the selected member alone. Like
-jaxquant/plots.py, each figure is built on its own Agg canvas and written atomically.
+researcher tunes on these, and the test split stays for the selected member alone. Each figure
+is built on its own Agg canvas and written atomically (plots.new_figure, plots.save_png).
 """
 
-import io
 import math
 import numbers
 import os
 import re
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from jaxquant import io_utils
+from jaxquant import plots
 from jaxquant import selection
 
 SWEEP_METRICS = (("f1", "F1"), ("pr_auc", "PR-AUC"), ("precision", "precision"))
 MAX_PANELS = 6  # More combinations of the other swept settings than this: pool them.
 LOG_SPAN = 100  # Positive numeric values spanning this factor or more get a log axis.
-
-
-def _save(fig, path):
-  """Renders to memory first, then replaces `path` atomically (never a torn PNG)."""
-  buf = io.BytesIO()
-  fig.savefig(buf, format="png", dpi=110)
-  io_utils.atomic_write_bytes(path, buf.getvalue())
-  return os.fspath(path)
 
 
 def _label(value):
@@ -102,11 +91,10 @@ def plot_sweep(members, key, path, prior=None, metrics=SWEEP_METRICS):
   pooled = len(groups) > MAX_PANELS
   if pooled:
     groups = {(): list(range(len(members)))}
-  fig = Figure(figsize=(6 if len(groups) == 1 else 4.2 * min(len(groups), 3),
-                        4 * math.ceil(len(groups) / 3)), layout="constrained")
-  FigureCanvasAgg(fig)
-  axes = fig.subplots(math.ceil(len(groups) / 3), min(len(groups), 3), squeeze=False,
-                      sharey=True).ravel()
+  fig, axes = plots.new_figure(min(len(groups), 3), math.ceil(len(groups) / 3),
+                               figsize=(6 if len(groups) == 1 else 4.2 * min(len(groups), 3),
+                                        4 * math.ceil(len(groups) / 3)), sharey=True)
+  axes = axes.ravel()
   for ax in axes[len(groups):]:
     ax.set_visible(False)
   if numeric:
@@ -161,7 +149,7 @@ def plot_sweep(members, key, path, prior=None, metrics=SWEEP_METRICS):
   fig.suptitle("; ".join([f"Validation metrics vs {key}", band] + extra), fontsize=10)
   fig.legend(handles, labels, loc="outside lower center", ncols=3 if len(groups) > 1 else 2,
              fontsize=8)
-  return _save(fig, path)
+  return plots.save_png(fig, path)
 
 
 def sweep_file_name(key):

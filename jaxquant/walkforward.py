@@ -122,10 +122,11 @@ def _fold_record(i, f, summary, seconds):
 
 
 def _load_predictions(run_dir, i, edges):
-  with np.load(os.path.join(run_dir, "test_predictions.npz")) as z:
-    cols = {k: z[k] for k in ("instrument", "timestamp", "probability", "label",
-                              "forward_return")}
-    threshold = float(z["threshold"])
+  from jaxquant import evaluate  # (JAX loads after the flags are checked.)
+  z = evaluate.load_split_predictions(run_dir, "test")
+  cols = {k: z[k] for k in ("instrument", "timestamp", "probability", "label",
+                            "forward_return")}
+  threshold = float(z["threshold"])
   cols["fold"] = np.full(len(cols["label"]), i, np.int64)
   cols["decision"] = (cols["probability"] >= threshold).astype(np.int64)
   cols["group"] = np.searchsorted(np.asarray(edges, np.int64), cols["timestamp"], "right") - 1

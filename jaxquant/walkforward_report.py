@@ -143,7 +143,7 @@ def plot_stability(result, path):
   """Each fold's test ROC-AUC and precision (95 % intervals) at its test period's middle,
   with chance (0.5) and each fold's prior marked."""
   folds = result["folds"]
-  fig, axes = plots._new_figure(ncols=1, nrows=2, figsize=(7, 5), sharex=True)
+  fig, axes = plots.new_figure(ncols=1, nrows=2, figsize=(7, 5), sharex=True)
   mid = lambda f: np.datetime64(f["test"][0][0]) + (np.datetime64(f["test"][-1][1])
                                                    - np.datetime64(f["test"][0][0])) / 2
   x = np.asarray([mid(f) for f in folds], "datetime64[s]").astype("datetime64[ms]").astype(
@@ -166,7 +166,7 @@ def plot_stability(result, path):
   axes[1][0].set_xlabel("test period (middle)")
   axes[1][0].xaxis.set_major_formatter(mdates.DateFormatter("%Y-%m-%d"))
   axes[1][0].tick_params(axis="x", labelrotation=30)
-  return plots._save(fig, path)
+  return plots.save_png(fig, path)
 
 
 def write(out_dir, result):

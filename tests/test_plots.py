@@ -49,7 +49,7 @@ def test_threshold_sweep_legend_off_the_curves_val_told_from_test_few_signals_ma
   sweep = trading.trading_sweep(y, s, r)
   assert any(0 < row["signals"] < report_md.FEW_SIGNALS for row in sweep)
   figures = []
-  monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or str(path))
+  monkeypatch.setattr(plots, "save_png", lambda fig, path: figures.append(fig) or str(path))
   plots.plot_threshold_sweep(sweep, sweep, tmp_path / "sweep.png", chosen_threshold=0.3)
   (fig,) = figures
   fig.canvas.draw()

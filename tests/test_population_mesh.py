@@ -89,7 +89,7 @@ def _worker(out_dir):
   np.savez(os.path.join(out_dir, "record.npz"), **record)
   # The whole loop, one epoch, on the member mesh; its 4 x 8 figures are not rendered
   # (tests/test_plots.py tests them), which would take most of this test's time.
-  plots._save = lambda fig, path: os.fspath(path)
+  plots.save_png = lambda fig, path: os.fspath(path)
   reports = population_train.train_population(
       configs, [os.path.join(out_dir, f"run{i}") for i in range(MEMBERS)])
   info["e2e_reports"] = len(reports)

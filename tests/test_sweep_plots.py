@@ -6,6 +6,7 @@ from matplotlib import image
 import numpy as np
 import pytest
 
+from jaxquant import plots
 from jaxquant import sweep_plots
 
 
@@ -55,7 +56,7 @@ def test_plot_sweep_draws_mean_and_band_over_seeds(tmp_path, monkeypatch):
   min–max (computed here from the members directly), and the prior is a dashed line."""
   members = fake_members(gammas=(0.0,))
   figures = []
-  monkeypatch.setattr(sweep_plots, "_save", lambda fig, path: figures.append(fig) or path)
+  monkeypatch.setattr(plots, "save_png", lambda fig, path: figures.append(fig) or path)
   sweep_plots.plot_sweep(members, "loss.alpha", tmp_path / "a.png")
   (fig,) = figures
   ax = fig.axes[0]
