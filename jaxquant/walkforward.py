@@ -206,10 +206,7 @@ def walk_forward(config, workdir, scheme="expanding", n=5, k=2, force=False, log
                               ) from None
     runs.append((_fold_record(i, f, summary, summary.get("train_seconds") or 0.0), summary))
     preds.append(_load_predictions(run_dir, i, summary["data"]["fold"]["edges"]))
-    r = runs[-1][0]
-    bar.write(f"fold {i + 1}/{len(fold_list)}: test {report._span(r['test'])}  ROC-AUC "
-              f"{r['roc_auc']:.3f} {report._ci(r['roc_auc_ci'])}  precision "
-              f"{r['precision']:.3f} (prior {r['positive_rate']['test']:.3f})")
+    bar.write(report.fold_line(runs[-1][0], len(fold_list)))
   # The folds' own training time (a resumed fold's too), not this invocation's.
   seconds = sum(r["seconds"] for r, _ in runs) or time.time() - t0
   result, pooled = summarize_folds(config, scheme, n, k, runs, preds, seconds)

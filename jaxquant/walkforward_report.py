@@ -80,6 +80,13 @@ def _span(ranges):
   return "; ".join(f"{a} .. {b}" for a, b in ranges) or "—"
 
 
+def fold_line(record, folds):
+  """One fold's test figures, for the console as each fold ends."""
+  return (f"fold {record['fold'] + 1}/{folds}: test {_span(record['test'])}  ROC-AUC "
+          f"{record['roc_auc']:.3f} {_ci(record['roc_auc_ci'])}  precision "
+          f"{record['precision']:.3f} (prior {record['positive_rate']['test']:.3f})")
+
+
 def walkforward_markdown(result, figure=None):
   """walkforward.md: the folds, the pooled out-of-sample figures and what they mean."""
   oos, folds = result["oos"], result["folds"]
