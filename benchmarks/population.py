@@ -3,6 +3,7 @@
     python benchmarks/population.py --quick           # minutes on 2 cores
     python benchmarks/population.py --no-sweep        # the step table only
     python benchmarks/population.py --strategies=vmap,loop,map --ks=1,4 --no-docs
+    python benchmarks/population.py --lanes=1,2 --no-sweep --no-docs   # lanes' gain
 
 For the quick GRU (configs/gru.py:quick) and the quick Transformer
 (configs/transformer.py:quick), K = 1, 4, 16 members (each its own seed, learning rate,
@@ -11,8 +12,10 @@ shape (T=64, batch 128, one batch per member):
 
 - population: `jaxquant.population`'s step (member_step.make_member_step under
   make_population_step with the chosen strategy, default "auto": lax.map on a CPU,
-  vmap elsewhere), jitted as setup_population jits it (donated states, the Runner's
-  compiler options);
+  vmap elsewhere), jitted as setup_population jits it (the Runner's compiler options;
+  on a CPU the members split into lanes, one per core, each lane the same program on
+  its slice of the members called from its own thread: jaxquant/lanes.py; one lane
+  donates the states);
 - sequential: the single run's step (`jaxquant.steps.make_train_step`, jitted the same
   way), called K times one after another, member k on member k's batch. One compile
   serves all K: a step's time does not depend on its numbers.
@@ -91,8 +94,9 @@ def batches(config, k, num_features, seed=0):
   return {"x": x, "y": y, "r": r}
 
 
-def setups(model, k, strategy, num_features):
-  """(population runner, sequential runner, compile seconds of each)."""
+def setups(model, k, strategy, num_features, lanes=None):
+  """(population runner, sequential runner, compile seconds of each, batch, lanes)."""
+  from jaxquant import lanes as lanes_lib
   from jaxquant import losses
   from jaxquant import member_step as member_step_lib
   from jaxquant import population
@@ -113,9 +117,14 @@ def setups(model, k, strategy, num_features):
   hp, rngs = population.member_hparams(configs, alphas), population.member_rngs(configs)
   opts = xla_options.step_options()
   dev = jax.device_put(host)
+  if lanes is None:  # As setup_population chooses them: one per core on a CPU.
+    lanes = lanes_lib.lane_count(k, jax.make_mesh((1,), ("data",), devices=jax.devices()[:1]))
   t0 = time.perf_counter()
-  pop = jax.jit(step, donate_argnums=0, compiler_options=opts).lower(
-      states, dev, rngs, hp).compile()
+  if lanes > 1:
+    pop = lanes_lib.Lanes(step, k, lanes, (True,) * 4, opts).compile(states, dev, rngs, hp)
+  else:
+    pop = jax.jit(step, donate_argnums=0, compiler_options=opts).lower(
+        states, dev, rngs, hp).compile()
   pop_compile = time.perf_counter() - t0
 
   single = steps_lib.make_train_step(net, tx, losses.make_loss_fn(c.loss, alphas[0]),
@@ -147,11 +156,11 @@ def setups(model, k, strategy, num_features):
     jax.block_until_ready((ss, m))
     return (time.perf_counter() - t0) / n
 
-  return run_pop, run_seq, pop_compile, seq_compile, c.train.batch_size
+  return run_pop, run_seq, pop_compile, seq_compile, c.train.batch_size, lanes
 
 
-def bench(model, k, strategy, repeats, num_features):
-  run_pop, run_seq, pop_c, seq_c, batch = setups(model, k, strategy, num_features)
+def bench(model, k, strategy, repeats, num_features, lanes=None):
+  run_pop, run_seq, pop_c, seq_c, batch, lanes = setups(model, k, strategy, num_features, lanes)
   run_pop(2)
   run_seq(2)
   one = max(run_pop(1), 1e-4)
@@ -163,7 +172,7 @@ def bench(model, k, strategy, repeats, num_features):
   t_pop, t_seq = statistics.median(pops), statistics.median(seqs)
   if strategy == "auto":
     strategy = f"auto ({'map' if jax.default_backend() == 'cpu' else 'vmap'})"
-  return {"model": model, "k": k, "strategy": strategy, "pop_ms": 1e3 * t_pop,
+  return {"model": model, "k": k, "strategy": strategy, "lanes": lanes, "pop_ms": 1e3 * t_pop,
           "seq_ms": 1e3 * t_seq, "pop_sps": batch * k / t_pop, "seq_sps": batch * k / t_seq,
           "ratio": t_seq / t_pop, "pop_compile": pop_c, "seq_compile": seq_c,
           "ratios": sorted(s / p for s, p in zip(seqs, pops))}
@@ -181,13 +190,14 @@ def cpu_name():
 
 
 def table(rows):
-  lines = ["| model | K | strategy | population step (ms) | K single steps (ms) | "
+  lines = ["| model | K | strategy | lanes | population step (ms) | K single steps (ms) | "
            "samples/s per member: population | samples/s per member: sequential | "
            "population / sequential (range) | compile s: population / single |",
-           "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+           "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
   for r in rows:
     lines.append(
-        f"| {r['model']} | {r['k']} | {r['strategy']} | {r['pop_ms']:.1f} | {r['seq_ms']:.1f} | "
+        f"| {r['model']} | {r['k']} | {r['strategy']} | {r['lanes']} | {r['pop_ms']:.1f} | "
+        f"{r['seq_ms']:.1f} | "
         f"{r['pop_sps'] / r['k']:,.0f} | {r['seq_sps'] / r['k']:,.0f} | "
         f"{r['ratio']:.2f}x ({r['ratios'][0]:.2f}-{r['ratios'][-1]:.2f}) | "
         f"{r['pop_compile']:.1f} / {r['seq_compile']:.1f} |")
@@ -280,6 +290,9 @@ def main(argv=None):
   p.add_argument("--models", default=",".join(MODELS))
   p.add_argument("--strategies", default="auto",
                  help="population.STRATEGIES to time (the first is the one the last line reports)")
+  p.add_argument("--lanes", default="auto",
+                 help="lanes of the population step (jaxquant/lanes.py), e.g. 1,2; auto = "
+                 "one per core on a CPU, as a run takes them")
   p.add_argument("--repeats", type=int, default=None)
   p.add_argument("--no-docs", action="store_true", help=f"do not update {DOC}")
   p.add_argument("--no-sweep", action="store_true", help="only the step table")
@@ -293,16 +306,19 @@ def main(argv=None):
   repeats = args.repeats or (5 if args.quick else 11)
   ks = [int(k) for k in args.ks.split(",")]
   strategies = args.strategies.split(",")
+  lane_options = [None] if args.lanes == "auto" else [int(n) for n in args.lanes.split(",")]
   load0, t_start = os.getloadavg()[0], time.time()
   rows = []
   for model in args.models.split(","):
     for k in ks:
       for strategy in strategies:
-        rows.append(bench(model, k, strategy, repeats, num_features))
-        log(f"{model} K={k} {strategy}: {rows[-1]['ratio']:.2f}x")
+        for lanes in lane_options:
+          rows.append(bench(model, k, strategy, repeats, num_features, lanes))
+          log(f"{model} K={k} {strategy} lanes={rows[-1]['lanes']}: {rows[-1]['ratio']:.2f}x")
   text = table(rows)
   head = (f"`python benchmarks/population.py{' --quick' if args.quick else ''}"
-          f"{'' if args.strategies == 'auto' else ' --strategies=' + args.strategies}` "
+          f"{'' if args.strategies == 'auto' else ' --strategies=' + args.strategies}"
+          f"{'' if args.lanes == 'auto' else ' --lanes=' + args.lanes}` "
           f"({time.time() - t_start:.0f} s): {cpu_name()}, "
           f"{os.cpu_count()} cores, jax {jax.__version__} ({jax.default_backend()}), load "
           f"average {load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end. Quick "
@@ -310,7 +326,9 @@ def main(argv=None):
           f"{repeats} alternating timed runs after warm-up, compile excluded; range = lowest "
           "and highest ratio of one repeat.\n\n"
           "- population: one jitted step of K members (jaxquant.population, each member its "
-          "own seed, lr, class weights, focal gamma, return weight as traced arrays); "
+          "own seed, lr, class weights, focal gamma, return weight as traced arrays), run as "
+          "`lanes` concurrent slices of the members, one thread each (jaxquant/lanes.py; on a "
+          "CPU one per core, as a run takes them); "
           "sequential: the single run's jitted step (steps.make_train_step) K times.\n"
           "- samples/s per member = batch / (population step / K), or batch / single step.\n")
   print(text)
@@ -321,7 +339,8 @@ def main(argv=None):
                                       title="Performance")
     log(f"wrote the '{section}' section of {args.out}")
   first = [r for r in rows if r["model"] == "gru" and r["k"] == 16
-           and r["strategy"].startswith(strategies[0])]
+           and r["strategy"].startswith(strategies[0])
+           and lane_options[0] in (None, r["lanes"])]
   last = (f"population_speedup_k16={first[0]['ratio']:.2f}" if first
           else "population_speedup_k16=n/a")
   if not args.no_sweep:

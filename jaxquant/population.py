@@ -15,20 +15,24 @@ through steps.setup_run.
     hp = {**hp, "frozen": jnp.asarray(stopped)}       # [M] bool: early-stopped members
 
 Metrics come back per member ([M] each); `skipped` marks a member's non-finite step.
-The step donates `states`. With mesh.member > 1 the members are split over the mesh's
+The step donates `states` (not in lanes: on a one-device CPU mesh the members are split
+into concurrent lanes, one per core, jaxquant/lanes.py). With mesh.member > 1 the members are split over the mesh's
 member axis, each device group training its own (PopulationSteps; 8 devices against one
 in tests/test_population_mesh.py).
 """
 
+import functools
 import json
 from typing import Any, NamedTuple
 
 import jax
+from jax import lax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 import numpy as np
 
+from jaxquant import lanes as lanes_lib
 from jaxquant import losses
 from jaxquant import member_step as member_step_lib
 from jaxquant import parallel
@@ -135,7 +139,8 @@ def make_population_step(member_step, strategy="auto", sharded=False):
       the step in one program, left to XLA's scheduler), or "auto": "map" on a CPU,
       "vmap" elsewhere, and always "vmap" when `sharded`. On a 2-core CPU the quick GRU
       ran at 1.14x of K single steps with "map", 0.58x with "vmap", 0.67x with "loop"
-      (K=4; benchmarks/population.py --strategies=map,vmap,loop); all are the same
+      (K=4, one lane; benchmarks/population.py --strategies=map,vmap,loop --lanes=1;
+      PopulationSteps runs lanes of it on every core); all are the same
       arithmetic.
     sharded: whether the members are split over a mesh's member axis (mesh.member > 1).
       Only "vmap" keeps each device group on its own members there: lax.map's and the
@@ -222,16 +227,23 @@ def check_member_mesh(mesh, members):
   return parallel.MEMBER
 
 
+def _map_predict(predict, states, x):
+  return lax.map(lambda member: predict(member, x), states)
+
+
 class PopulationSteps:
   """The jitted population steps on one mesh. Without a member axis the members are
   replicated and each member's batch is split over the devices like a single run's;
   with one (mesh.member > 1) states, hparams and rngs are split P("member", ...) on
   their leading axis and batches P("member", (data, expert)): each device group
-  trains its own members on its share of their batches."""
+  trains its own members on its share of their batches. On a one-device CPU mesh with
+  `lanes` > 1 the step and predict run as lanes (jaxquant/lanes.py: the members' slices
+  on every core at once); the step then does not donate `states`."""
 
-  def __init__(self, model, mesh, states, train_step=None):
+  def __init__(self, model, mesh, states, train_step=None, lanes=1):
     self.mesh = mesh
-    lead = check_member_mesh(mesh, jax.tree.leaves(states)[0].shape[0])
+    members = jax.tree.leaves(states)[0].shape[0]
+    lead = check_member_mesh(mesh, members)
     member = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), states)
     self.state_sharding = jax.tree.map(
         lambda s: NamedSharding(mesh, P(lead, *s.spec)),
@@ -242,17 +254,26 @@ class PopulationSteps:
     # Every member predicts the same windows: the eval batch over data only.
     self.eval_sharding = NamedSharding(mesh, P((parallel.DATA, parallel.EXPERT)))
     repl = parallel.replicated(mesh)
+    self.lanes = 1 if lead else int(lanes)
+    opts = xla_options.step_options()
+    predict = steps_lib.make_predict_step(model)
+    if lead or jax.default_backend() != "cpu":
+      predict = jax.vmap(predict, in_axes=(0, None))
+    else:  # As make_population_step's "auto": each member the single run's ops.
+      predict = functools.partial(_map_predict, predict)
+    if self.lanes > 1:  # One device: the lanes' programs need no shardings.
+      if train_step is not None:
+        self.train_step = lanes_lib.Lanes(train_step, members, self.lanes, (True,) * 4, opts)
+      self._predict = lanes_lib.Lanes(predict, members, self.lanes, (True, False), opts)
+      return
     if train_step is not None:
       per_member = self.member_sharding
       self.train_step = jax.jit(
           train_step, donate_argnums=0,
           in_shardings=(self.state_sharding, self.batch_sharding, per_member, per_member),
-          out_shardings=(self.state_sharding, per_member),
-          compiler_options=xla_options.step_options())
-    predict = jax.vmap(steps_lib.make_predict_step(model), in_axes=(0, None))
+          out_shardings=(self.state_sharding, per_member), compiler_options=opts)
     self._predict = jax.jit(predict, in_shardings=(self.state_sharding, self.eval_sharding),
-                            out_shardings=(repl, repl),
-                            compiler_options=xla_options.step_options())
+                            out_shardings=(repl, repl), compiler_options=opts)
 
   def place_states(self, states):
     return jax.device_put(states, self.state_sharding)
@@ -263,8 +284,8 @@ class PopulationSteps:
 
   def predict_split(self, states, dataset, split, batch_size):
     """Every member's class probabilities [M, n, K] and returns [M, n] on a split: one
-    vmapped call per batch, the same windows for every member (steps.ShardedSteps's
-    predict_split, batched over members)."""
+    call per batch over every member (vmapped; lax.map on a CPU, in lanes), the same
+    windows for every member (steps.ShardedSteps's predict_split, batched over members)."""
     rows = parallel.process_slice(batch_size)
     probs, rets = [], []
     for batch in loader.eval_batches(dataset, split, batch_size, rows):
@@ -279,7 +300,7 @@ class PopulationSteps:
     return np.concatenate(probs, axis=1)[:, :n], np.concatenate(rets, axis=1)[:, :n]
 
 
-def setup_population(configs, ds, mesh, steps_per_epoch, strategy="auto"):
+def setup_population(configs, ds, mesh, steps_per_epoch, strategy="auto", lanes=None):
   """The model, per-member numbers, stacked initial states and jitted steps of a population.
 
   Args:
@@ -290,6 +311,8 @@ def setup_population(configs, ds, mesh, steps_per_epoch, strategy="auto"):
       members are split over it (PopulationSteps) and the step is vmapped.
     steps_per_epoch: optimizer steps per epoch (loader.train_plan's rows).
     strategy: see make_population_step.
+    lanes: concurrent lanes (jaxquant/lanes.py); None = lanes.lane_count: one per core
+      on a one-device CPU mesh, else 1.
 
   Returns:
     PopulationSetup.
@@ -310,8 +333,9 @@ def setup_population(configs, ds, mesh, steps_per_epoch, strategy="auto"):
   member_step = member_step_lib.make_member_step(
       model, config, ds.num_classes, steps_per_epoch, return_scale, trainable,
       mixup=any(c.train.mixup_prob > 0 for c in configs))
+  lanes = lanes_lib.lane_count(len(configs), mesh) if lanes is None else lanes
   pop_steps = PopulationSteps(model, mesh, states,
-                              make_population_step(member_step, strategy, sharded))
+                              make_population_step(member_step, strategy, sharded), lanes)
   return PopulationSetup(list(configs), trainable, alphas, loss_fns, return_scale,
                          member_hparams(configs, alphas), member_rngs(configs), states,
                          pop_steps.train_step, pop_steps)

@@ -110,7 +110,8 @@ def _prepare(configs, workdirs, force, log):
     tx, _ = state_lib.make_optimizer(c.train, steps_per_epoch, setup.trainable)
     states = [resume_lib.init_from_run(s, tx, c.train.init_from, log) for s in states]
   counts = state_lib.parameter_counts(states[0].params, setup.trainable)
-  log(f"Population of {len(configs)} {c.model.name} members in one compiled step: "
+  lanes = f" ({setup.steps.lanes} lanes, one per CPU core)" if setup.steps.lanes > 1 else ""
+  log(f"Population of {len(configs)} {c.model.name} members in one compiled step{lanes}: "
       f"{counts['total']:,} parameters each ({counts['trainable']:,} trainable); "
       f"{steps_per_epoch} steps/epoch of {c.train.batch_size}")
   members = []

@@ -20,7 +20,7 @@ LAYERS = (
     ("data", ("data",)),
     ("models", ("models",)),
     ("learning", ("losses", "parallel", "state", "steps", "verdict", "resume",
-                  "population", "member_step", "device_windows")),
+                  "population", "member_step", "lanes", "device_windows")),
     ("reporting", ("trading", "bootstrap", "plots", "report_md", "evaluate", "trades",
                    "trade_stats", "backtest", "backtest_report", "walkforward_report",
                    "selection", "sweep_plots")),

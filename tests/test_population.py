@@ -199,3 +199,31 @@ def test_transformer_composite_members_under_vmap(data):
   states, history = _train_population(setup, batches)
   assert not np.allclose(history[-1]["composite_alpha"], history[-1]["composite_alpha"][0])
   _check_members(configs, ds, mesh, batches, states, history, skip=(0,))
+
+
+def test_lanes_give_each_member_the_one_lane_result_bit_for_bit(data):
+  """Members split into concurrent lanes (jaxquant/lanes.py; 3 members: lanes of 2 and 1)
+  train and predict exactly as the same population in one lane, and the lanes are sized
+  as documented."""
+  from jaxquant import lanes
+  root, ds, mesh = data
+  configs = _configs(root, [{"train.seed": 0, "loss.alpha": "1,4"},
+                            {"train.seed": 1, "loss.gamma": 0.0, "train.lr": 5e-3},
+                            {"train.seed": 2, "loss.alpha": "1,14.6"}])
+  batches = _batches(ds, configs, poison=(1, 3))
+  got = {}
+  for n in (1, 2):
+    setup = population.setup_population(configs, ds, mesh, _steps_per_epoch(ds, configs[0]),
+                                        lanes=n)
+    assert setup.steps.lanes == n
+    states, history = _train_population(setup, batches)
+    probs, rets = setup.predict_split(setup.steps.place_states(states), ds, "val", 256)
+    got[n] = (states, history, probs, rets)
+  assert [int(h["skipped"][1]) for h in got[2][1]] == [0, 0, 0, 1, 0]
+  for a, b in zip(jax.tree.leaves(got[1]), jax.tree.leaves(got[2])):
+    assert np.asarray(a).shape == np.asarray(b).shape
+    assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+  assert lanes.bounds(3, 2) == [(0, 2), (2, 1)]
+  assert lanes.bounds(32, 3) == [(0, 11), (11, 11), (22, 10)]
+  assert lanes.lane_count(1, mesh) == 1
+  assert 1 <= lanes.lane_count(64, mesh) == min(64, lanes.cores())
