@@ -68,7 +68,7 @@ class Lanes:
   """
 
   def __init__(self, fn, members, lanes, sliced, compiler_options=None):
-    self.members, self.bounds = int(members), bounds(members, lanes)
+    self.bounds = bounds(members, lanes)
     self.sliced = tuple(sliced)
     opts = compiler_options or {}
 
@@ -81,9 +81,6 @@ class Lanes:
     self._join = jax.jit(_join)
     self._pool = (concurrent.futures.ThreadPoolExecutor(len(self.bounds), "lane")
                   if len(self.bounds) > 1 else None)
-
-  def __len__(self):
-    return len(self.bounds)
 
   def compile(self, *args):
     """Compiles every lane program (and the join) for these arguments ahead of time."""

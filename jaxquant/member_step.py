@@ -1,11 +1,12 @@
 """One population member's train step, with its hyperparameters as traced arrays.
 
-steps.make_train_step's arithmetic, reading the numbers members may differ in
-(population.MEMBER_KEYS) from `hp` instead of the config, so one compiled program
-serves every value: the loss is losses.make_traced_loss_fn, the optimizer is
-optim.clip_adamw on optax's warmup + cosine pieces with the member's peak and end rate,
-mixup is mixup.mixup with the member's probability. jaxquant/population.py runs it over
-a leading member axis; tests/test_population.py checks it against single runs.
+steps.make_train_step's arithmetic (the one body both run, steps.step_update), reading
+the numbers members may differ in (population.MEMBER_KEYS) from `hp` instead of the
+config, so one compiled program serves every value: the loss is
+losses.make_traced_loss_fn, the optimizer is optim.clip_adamw on optax's warmup + cosine
+pieces with the member's peak and end rate, mixup is mixup.mixup with the member's
+probability. jaxquant/population.py runs it over a leading member axis;
+tests/test_population.py checks it against single runs.
 """
 
 import jax
@@ -13,9 +14,8 @@ import jax.numpy as jnp
 import optax
 
 from jaxquant import losses
-from jaxquant import mixup as mixup_lib
-from jaxquant import optim
 from jaxquant import state as state_lib
+from jaxquant import steps as steps_lib
 
 
 def member_schedule(train_config, steps_per_epoch, lr, end_lr):
@@ -36,7 +36,7 @@ def make_member_step(model, config, num_classes, steps_per_epoch, return_scale=1
                      trainable=None, mixup=False):
   """Returns `step(state, batch, rng, hp) -> (state, metrics)` for ONE member (pure).
 
-  steps.make_train_step's step, reading lr/end_lr, class weights, gamma, label
+  steps.make_train_step's step (steps.step_update), reading lr/end_lr, class weights, gamma, label
   smoothing, composite alpha, mixup probability and return weight from `hp` (one
   member's entries of member_hparams). A non-finite step leaves the member's
   parameters, moments and counts as they were (`skipped=1`); `hp["frozen"]` leaves
@@ -53,43 +53,12 @@ def make_member_step(model, config, num_classes, steps_per_epoch, return_scale=1
   def step(state, batch, rng, hp):
     schedule = member_schedule(config.train, steps_per_epoch, hp["lr"], hp["end_lr"])
     tx = state_lib.optimizer_on(config.train, schedule, trainable)
-    rng = jax.random.fold_in(rng, state.step)
-    mix_rng, dropout_rng = jax.random.split(rng)
-    targets = jax.nn.one_hot(batch["y"], num_classes)
-    x, returns, mixed = batch["x"], batch["r"], jnp.zeros((), bool)
-    if mixup:
-      x, targets, returns, mixed = mixup_lib.mixup(mix_rng, x, targets, returns, mix_alpha,
-                                                   hp["mixup_prob"])
-    progress = jnp.minimum(state.step / total_steps, 1.0)
-
-    def objective(params):
-      variables = {"params": params, "batch_stats": state.batch_stats}
-      out, updates = model.apply(variables, x, train=True, rngs={"dropout": dropout_rng},
-                                 mutable=["batch_stats"])
-      mask = jnp.ones(returns.shape, jnp.float32)
-      class_loss, parts = loss_fn(out["logits"], targets, mask, progress, hp)
-      return_loss = jnp.mean((out["ret"] - returns / return_scale) ** 2)
-      loss = class_loss + hp["return_weight"] * return_loss + out["aux_loss"]
-      return loss, (class_loss, return_loss, {**parts, **out.get("stats", {})}, updates)
-
-    (loss, (class_loss, return_loss, stats, updates)), grads = jax.value_and_grad(
-        objective, has_aux=True)(state.params)
-    grad_norm = optim.global_norm(grads)
-    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    param_updates, opt_state = tx.update(grads, state.opt_state, state.params,
-                                         apply=ok & ~hp["frozen"])
-    batch_stats = jax.tree.map(lambda a, b: jnp.where(ok, a, b),
-                               updates.get("batch_stats", state.batch_stats),
-                               state.batch_stats)
-    new = state.replace(step=state.step + 1,
-                        params=optax.apply_updates(state.params, param_updates),
-                        batch_stats=batch_stats, opt_state=opt_state)
+    new, metrics = steps_lib.step_update(
+        model, tx, schedule, lambda *a: loss_fn(*a, hp), state, batch, rng, num_classes,
+        total_steps, return_scale, hp["return_weight"], mix_alpha, hp["mixup_prob"], mixup,
+        hold=hp["frozen"])
     # A frozen member's state as it was, bit for bit (p + 0.0 would turn -0.0 into 0.0).
     new = jax.tree.map(lambda old, upd: jnp.where(hp["frozen"], old, upd), state, new)
-    metrics = {"loss": loss, "class_loss": class_loss, "return_loss": return_loss,
-               "grad_norm": grad_norm, "lr": schedule(state.step),
-               "skipped": (~ok).astype(jnp.int32), "mixup": mixed.astype(jnp.float32),
-               **stats}
     return new, metrics
 
   return step

@@ -40,46 +40,67 @@ def make_train_step(model, tx, loss_fn, schedule, config, num_classes, total_ste
   mix_alpha, mix_prob = float(config.train.mixup_alpha), float(config.train.mixup_prob)
 
   def train_step(state, batch, rng):
-    rng = jax.random.fold_in(rng, state.step)
-    mix_rng, dropout_rng = jax.random.split(rng)
-    # Label smoothing, when configured, happens inside loss_fn (CE/focal terms only).
-    targets = jax.nn.one_hot(batch["y"], num_classes)
-    x, returns, mixed = batch["x"], batch["r"], jnp.zeros((), bool)
-    if mix_prob > 0:
-      x, targets, returns, mixed = mixup_lib.mixup(mix_rng, x, targets, returns,
-                                                   mix_alpha, mix_prob)
-    progress = jnp.minimum(state.step / total_steps, 1.0)
-
-    def objective(params):
-      variables = {"params": params, "batch_stats": state.batch_stats}
-      out, updates = model.apply(variables, x, train=True, rngs={"dropout": dropout_rng},
-                                 mutable=["batch_stats"])
-      mask = jnp.ones(returns.shape, jnp.float32)
-      class_loss, parts = loss_fn(out["logits"], targets, mask, progress)
-      return_loss = jnp.mean((out["ret"] - returns / return_scale) ** 2)
-      loss = class_loss + return_weight * return_loss + out["aux_loss"]
-      return loss, (class_loss, return_loss, {**parts, **out.get("stats", {})}, updates)
-
-    (loss, (class_loss, return_loss, stats, updates)), grads = jax.value_and_grad(
-        objective, has_aux=True)(state.params)
-    grad_norm = optim.global_norm(grads)  # The clipping's expression: XLA computes it once.
-    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    # A non-finite step keeps the old state: the optimizer leaves parameters,
-    # moments and counts as they were (`apply`), and jnp.where the batch statistics.
-    param_updates, opt_state = tx.update(grads, state.opt_state, state.params, apply=ok)
-    batch_stats = jax.tree.map(lambda a, b: jnp.where(ok, a, b),
-                               updates.get("batch_stats", state.batch_stats),
-                               state.batch_stats)
-    new = state.replace(step=state.step + 1,
-                        params=optax.apply_updates(state.params, param_updates),
-                        batch_stats=batch_stats, opt_state=opt_state)
-    metrics = {"loss": loss, "class_loss": class_loss, "return_loss": return_loss,
-               "grad_norm": grad_norm, "lr": schedule(state.step),
-               "skipped": (~ok).astype(jnp.int32), "mixup": mixed.astype(jnp.float32),
-               **stats}
-    return new, metrics
+    return step_update(model, tx, schedule, loss_fn, state, batch, rng, num_classes,
+                       total_steps, return_scale, return_weight, mix_alpha, mix_prob,
+                       mixup=mix_prob > 0)
 
   return train_step
+
+
+def step_update(model, tx, schedule, loss_fn, state, batch, rng, num_classes, total_steps,
+                return_scale, return_weight, mix_alpha, mix_prob, mixup, hold=None):
+  """One train step's arithmetic, for make_train_step and a population member's step
+  (member_step.py), whose numbers (return_weight, mix_prob, the schedule's rates) may be
+  traced arrays.
+
+  Args:
+    loss_fn: `(logits, targets, mask, progress) -> (class loss, parts)`.
+    mixup: whether the step mixes up at all (static); a batch is mixed with `mix_prob`.
+    hold: None, or a traced bool that, when set, keeps the parameters, moments and
+      counts as they were (as a non-finite step does), without `skipped`.
+
+  Returns:
+    (state, metrics).
+  """
+  rng = jax.random.fold_in(rng, state.step)
+  mix_rng, dropout_rng = jax.random.split(rng)
+  # Label smoothing, when configured, happens inside loss_fn (CE/focal terms only).
+  targets = jax.nn.one_hot(batch["y"], num_classes)
+  x, returns, mixed = batch["x"], batch["r"], jnp.zeros((), bool)
+  if mixup:
+    x, targets, returns, mixed = mixup_lib.mixup(mix_rng, x, targets, returns,
+                                                 mix_alpha, mix_prob)
+  progress = jnp.minimum(state.step / total_steps, 1.0)
+
+  def objective(params):
+    variables = {"params": params, "batch_stats": state.batch_stats}
+    out, updates = model.apply(variables, x, train=True, rngs={"dropout": dropout_rng},
+                               mutable=["batch_stats"])
+    mask = jnp.ones(returns.shape, jnp.float32)
+    class_loss, parts = loss_fn(out["logits"], targets, mask, progress)
+    return_loss = jnp.mean((out["ret"] - returns / return_scale) ** 2)
+    loss = class_loss + return_weight * return_loss + out["aux_loss"]
+    return loss, (class_loss, return_loss, {**parts, **out.get("stats", {})}, updates)
+
+  (loss, (class_loss, return_loss, stats, updates)), grads = jax.value_and_grad(
+      objective, has_aux=True)(state.params)
+  grad_norm = optim.global_norm(grads)  # The clipping's expression: XLA computes it once.
+  ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  # A non-finite step keeps the old state: the optimizer leaves parameters,
+  # moments and counts as they were (`apply`), and jnp.where the batch statistics.
+  apply = ok if hold is None else ok & ~hold
+  param_updates, opt_state = tx.update(grads, state.opt_state, state.params, apply=apply)
+  batch_stats = jax.tree.map(lambda a, b: jnp.where(ok, a, b),
+                             updates.get("batch_stats", state.batch_stats),
+                             state.batch_stats)
+  new = state.replace(step=state.step + 1,
+                      params=optax.apply_updates(state.params, param_updates),
+                      batch_stats=batch_stats, opt_state=opt_state)
+  metrics = {"loss": loss, "class_loss": class_loss, "return_loss": return_loss,
+             "grad_norm": grad_norm, "lr": schedule(state.step),
+             "skipped": (~ok).astype(jnp.int32), "mixup": mixed.astype(jnp.float32),
+             **stats}
+  return new, metrics
 
 
 def make_predict_step(model):
